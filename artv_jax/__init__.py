@@ -1,0 +1,1 @@
+"""artv_jax: ART·V auto-regressive text-to-video diffusion in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Weight conversion from PyTorch Stable Diffusion checkpoints, and orbax checkpoint I/O."""

@@ -1,0 +1,171 @@
+"""Devices, mesh, shardings and multi-host start-up.
+
+One mesh with two axes serves every scale from one CPU to a pod:
+
+* ``data``: pure data parallelism; parameters are replicated along it.
+* ``fsdp``: data parallelism whose devices also split parameters and optimiser state
+  (ZeRO-3 / FSDP), so a model too big for one device still trains.
+
+The batch is split over both axes; each parameter is split over ``fsdp`` on one dimension
+chosen from its shape alone (:func:`param_sharding`). XLA inserts the all-gathers and
+reduce-scatters this implies when the train step is jitted with these shardings.
+"""
+import glob
+import importlib.util
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")  # The batch's leading axis is split over every device.
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None,
+                           local_device_ids: Sequence[int] | None = None) -> None:
+  """Joins this process to a multi-process JAX run; a single process does nothing.
+
+  Must run before anything touches a device (``jax.devices()``, creating an array, ...).
+  Chooses, in order:
+
+  1. explicit ``coordinator_address`` (``host:port`` of process 0), with ``num_processes``
+     and ``process_id``: any cluster, and the multi-process CPU tests;
+  2. a SLURM step with several tasks (inside ``srun``): JAX reads the SLURM variables
+     (coordinator = first host of ``SLURM_STEP_NODELIST``, ``SLURM_NTASKS``, ``SLURM_PROCID``);
+  3. a Cloud TPU VM: JAX finds the pod's workers itself;
+  4. otherwise one process, nothing to do.
+  """
+  if jax.distributed.is_initialized():
+    return
+  # CPU devices of different processes talk through gloo; without it cross-process CPU
+  # computations fail. Accelerators ignore this setting.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinator_address is not None:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               local_device_ids)
+  elif _slurm_num_tasks() > 1:
+    jax.distributed.initialize(
+        local_device_ids=local_device_ids or _slurm_local_device_ids(),
+        cluster_detection_method="slurm")
+  elif _on_cloud_tpu_vm():
+    jax.distributed.initialize()
+
+
+def _slurm_num_tasks() -> int:
+  # SLURM_STEP_NODELIST exists only inside `srun`; a bare `sbatch` script is one process.
+  if "SLURM_STEP_NODELIST" not in os.environ:
+    return 1
+  return int(os.environ.get("SLURM_NTASKS", "1"))
+
+
+def _slurm_local_device_ids() -> list[int] | None:
+  """All local GPUs when SLURM runs one task per node, else None (JAX's default).
+
+  JAX's SLURM detection gives each task the single GPU numbered SLURM_LOCALID: right for one
+  task per GPU, but with one task per node it would leave all GPUs but the first idle.
+  """
+  nodes = int(os.environ.get("SLURM_STEP_NUM_NODES", os.environ.get("SLURM_NNODES", "0")))
+  if nodes != _slurm_num_tasks():
+    return None
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  num_gpus = len(visible.split(",")) if visible else int(os.environ.get("SLURM_GPUS_ON_NODE", "0"))
+  return list(range(num_gpus)) or None
+
+
+def _on_cloud_tpu_vm() -> bool:
+  # libtpu plus a TPU device file (/dev/accel* up to v4, /dev/vfio/N from v5) is how a Cloud
+  # TPU VM looks before any backend has started.
+  has_chip = glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
+  return bool(has_chip) and importlib.util.find_spec("libtpu") is not None
+
+
+def make_mesh(data: int, fsdp: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ('data', 'fsdp') mesh over all devices of all processes (or over ``devices``).
+
+  One of ``data``, ``fsdp`` may be -1: "all remaining devices".
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  n = len(devices)
+  if data == -1 and fsdp == -1:
+    raise ValueError("make_mesh: only one of data, fsdp may be -1 (all remaining devices).")
+  if data == -1 or fsdp == -1:
+    known = fsdp if data == -1 else data
+    if known < 1 or n % known:
+      raise ValueError(f"make_mesh: {n} devices cannot be split into groups of {known}; "
+                       f"choose data/fsdp sizes dividing {n}.")
+    data, fsdp = (n // known, fsdp) if data == -1 else (data, n // known)
+  if data < 1 or fsdp < 1 or data * fsdp != n:
+    raise ValueError(f"make_mesh: data={data} x fsdp={fsdp} = {data * fsdp} devices, but "
+                     f"there are {n}; use sizes whose product is {n}, or -1 for one of them.")
+  # Auto axes: the compiler propagates shardings from the jit in/out shardings. (jax.make_mesh
+  # defaults to Explicit axes, which put shardings into array types and change semantics.)
+  return jax.make_mesh((data, fsdp), MESH_AXES, axis_types=(AxisType.Auto,) * 2,
+                       devices=devices)
+
+
+def param_sharding(mesh: Mesh, tree: Any, min_size: int = 2**14) -> Any:
+  """NamedShardings for a tree of parameters (or optimiser state, or a whole train state).
+
+  The rule looks only at each leaf's shape: a leaf with at least ``min_size`` elements is
+  split along 'fsdp' on its largest dimension divisible by the 'fsdp' size (the last such
+  dimension on ties: output features/channels); everything else (biases, norm scales, step
+  counters, small kernels) is replicated. Optimiser moments have their parameter's shape, so
+  applying this to the optimiser state shards each moment like its parameter.
+
+  Args:
+    mesh: mesh from :func:`make_mesh`.
+    tree: pytree whose leaves have ``.shape`` (arrays, ``jax.ShapeDtypeStruct`` from
+      ``jax.eval_shape``) or are Python scalars.
+    min_size: leaves with fewer elements stay replicated: splitting them saves little memory
+      and costs a collective each.
+  """
+  return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(np.shape(x), mesh, min_size)),
+                      tree)
+
+
+def _fsdp_spec(shape: tuple[int, ...], mesh: Mesh, min_size: int) -> P:
+  num_shards = mesh.shape["fsdp"]
+  if num_shards == 1 or math.prod(shape) < min_size:
+    return P()
+  dims = [d for d, size in enumerate(shape) if size % num_shards == 0]
+  if not dims:
+    return P()
+  axis = max(reversed(dims), key=lambda d: shape[d])  # Reversed: ties go to the last dim.
+  return P(*(("fsdp" if d == axis else None) for d in range(len(shape))))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every device; other axes whole."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """The same full value on every device (scalars, metrics, RNG keys)."""
+  return NamedSharding(mesh, P())
+
+
+def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
+  """This process's slice of the batch -> global arrays split along the batch axis.
+
+  Every process passes a different ``[B / process_count, ...]`` slice (its host's share of
+  the data, in process order); the result is the ``[B, ...]`` global batch. With one process
+  it simply places the batch on the devices.
+  """
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def shard_pytree(tree: Any, shardings: Any) -> Any:
+  """Places a tree whose full value every process holds (e.g. loaded weights) on the mesh."""
+  return jax.device_put(tree, shardings)
+
+
+def to_host(tree: Any, mesh: Mesh) -> Any:
+  """Full numpy copies of (possibly sharded, possibly multi-process) arrays, on every host."""
+  tree = jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
