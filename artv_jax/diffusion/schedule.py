@@ -45,6 +45,12 @@ class Schedule:
     return self.betas.shape[0]
 
 
+def check_prediction_type(prediction_type: str) -> None:
+  if prediction_type not in PREDICTION_TYPES:
+    raise ValueError(f"prediction_type '{prediction_type}' is not supported; use one of "
+                     f"{PREDICTION_TYPES}.")
+
+
 def _cosine_betas(num_train_steps: int, max_beta: float = 0.999) -> np.ndarray:
   """Betas discretising the squared-cosine ᾱ(t) of improved DDPM (Nichol & Dhariwal)."""
   def alpha_bar(u):
@@ -67,9 +73,7 @@ def make_schedule(beta_schedule: str = "scaled_linear",
   The products are taken in float64 (as the original latent-diffusion code does) and stored as
   float32; they agree with diffusers' float32 cumprod to about 5e-7.
   """
-  if prediction_type not in PREDICTION_TYPES:
-    raise ValueError(f"prediction_type '{prediction_type}' is not supported; use one of "
-                     f"{PREDICTION_TYPES}.")
+  check_prediction_type(prediction_type)
   if trained_betas is not None:
     betas = np.asarray(trained_betas, np.float64)
   elif beta_schedule == "linear":
@@ -155,13 +159,11 @@ def prediction_target(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: ja
 
   'epsilon': ε;  'v_prediction': v = α_t ε − σ_t x0.
   """
+  check_prediction_type(prediction_type)
   if prediction_type == "epsilon":
     return noise
-  if prediction_type == "v_prediction":
-    alpha, sigma = alpha_sigma(schedule, t)
-    return expand_to(alpha, x0) * noise - expand_to(sigma, x0) * x0
-  raise ValueError(f"prediction_type '{prediction_type}' is not supported; use one of "
-                   f"{PREDICTION_TYPES}.")
+  alpha, sigma = alpha_sigma(schedule, t)
+  return expand_to(alpha, x0) * noise - expand_to(sigma, x0) * x0
 
 
 def predict_x0_and_eps(schedule: Schedule, output: jax.Array, x_t: jax.Array, t: jax.Array,
@@ -178,12 +180,10 @@ def predict_x0_and_eps(schedule: Schedule, output: jax.Array, x_t: jax.Array, t:
   Returns:
     (x0, eps), each [B, H, W, C].
   """
+  check_prediction_type(prediction_type)
   alpha, sigma = alpha_sigma(schedule, t)
   alpha, sigma = expand_to(alpha, x_t), expand_to(sigma, x_t)
   if prediction_type == "epsilon":
     return (x_t - sigma * output) / alpha, output
-  if prediction_type == "v_prediction":
-    # x_t = α x0 + σ ε and v = α ε − σ x0, with α² + σ² = 1, invert as a rotation.
-    return alpha * x_t - sigma * output, alpha * output + sigma * x_t
-  raise ValueError(f"prediction_type '{prediction_type}' is not supported; use one of "
-                   f"{PREDICTION_TYPES}.")
+  # x_t = α x0 + σ ε and v = α ε − σ x0 with α² + σ² = 1: a rotation, inverted by its transpose.
+  return alpha * x_t - sigma * output, alpha * output + sigma * x_t

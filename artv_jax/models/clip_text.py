@@ -37,7 +37,7 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 # transformers' 'gelu' is torch's default, exact (erf) GELU, not the tanh approximation.
 _ACTIVATIONS = {
     "quick_gelu": quick_gelu,
-    "gelu": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
 }
 
 
