@@ -18,6 +18,8 @@ setuptools.setup(
         "tensorflow-datasets>=4.9,<5",
         # tf.data input pipelines only; the CPU build keeps TF off the accelerators.
         "tensorflow-cpu>=2.16,<3",
+        # tensorflow-datasets imports it when preparing a builder, but does not require it.
+        "importlib_resources",
         "ml_collections>=1.0,<2",
         "imageio>=2.34,<3",
         "imageio-ffmpeg>=0.5,<1",

@@ -42,18 +42,20 @@ def initialize_distributed(coordinator_address: str | None = None,
   """
   if jax.distributed.is_initialized():
     return
-  # CPU devices of different processes talk through gloo; without it cross-process CPU
-  # computations fail. Accelerators ignore this setting.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator_address is not None:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               local_device_ids)
+    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                  process_id=process_id, local_device_ids=local_device_ids)
   elif _slurm_num_tasks() > 1:
-    jax.distributed.initialize(
-        local_device_ids=local_device_ids or _slurm_local_device_ids(),
-        cluster_detection_method="slurm")
+    kwargs = dict(local_device_ids=local_device_ids or _slurm_local_device_ids(),
+                  cluster_detection_method="slurm")
   elif _on_cloud_tpu_vm():
-    jax.distributed.initialize()
+    kwargs = {}
+  else:
+    return
+  # CPU devices of different processes talk through gloo (the multi-process CPU tests);
+  # accelerators ignore this setting.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
 
 
 def _slurm_num_tasks() -> int:
@@ -111,32 +113,33 @@ def make_mesh(data: int, fsdp: int, devices: Sequence[jax.Device] | None = None)
 def param_sharding(mesh: Mesh, tree: Any, min_size: int = 2**14) -> Any:
   """NamedShardings for a tree of parameters (or optimiser state, or a whole train state).
 
-  The rule looks only at each leaf's shape: a leaf with at least ``min_size`` elements is
-  split along 'fsdp' on its largest dimension divisible by the 'fsdp' size (the last such
-  dimension on ties: output features/channels); everything else (biases, norm scales, step
-  counters, small kernels) is replicated. Optimiser moments have their parameter's shape, so
-  applying this to the optimiser state shards each moment like its parameter.
+  Each leaf gets :func:`fsdp_spec` of its shape. Optimiser moments have their parameter's
+  shape, so applying this to the optimiser state shards each moment like its parameter.
 
   Args:
     mesh: mesh from :func:`make_mesh`.
     tree: pytree whose leaves have ``.shape`` (arrays, ``jax.ShapeDtypeStruct`` from
       ``jax.eval_shape``) or are Python scalars.
-    min_size: leaves with fewer elements stay replicated: splitting them saves little memory
-      and costs a collective each.
+    min_size: leaves with fewer elements stay replicated.
   """
-  return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(np.shape(x), mesh, min_size)),
-                      tree)
-
-
-def _fsdp_spec(shape: tuple[int, ...], mesh: Mesh, min_size: int) -> P:
   num_shards = mesh.shape["fsdp"]
-  if num_shards == 1 or math.prod(shape) < min_size:
-    return P()
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), num_shards, min_size)), tree)
+
+
+def fsdp_spec(shape: Sequence[int], num_shards: int, min_size: int = 2**14) -> P:
+  """Where a tensor of ``shape`` is split over the 'fsdp' axis of size ``num_shards``.
+
+  On its largest dimension divisible by ``num_shards`` (the last such on ties: output
+  features/channels). Replicated when it has fewer than ``min_size`` elements (biases, norm
+  scales, step counters, small kernels: splitting them saves little memory and costs a
+  collective each) or when no dimension divides.
+  """
   dims = [d for d, size in enumerate(shape) if size % num_shards == 0]
-  if not dims:
+  if num_shards == 1 or math.prod(shape) < min_size or not dims:
     return P()
   axis = max(reversed(dims), key=lambda d: shape[d])  # Reversed: ties go to the last dim.
-  return P(*(("fsdp" if d == axis else None) for d in range(len(shape))))
+  return P(*("fsdp" if d == axis else None for d in range(len(shape))))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -149,12 +152,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def gather_params(params: Any, mesh: Mesh) -> Any:
+  """Whole parameters for the computation inside a jitted step (the FSDP all-gather).
+
+  Call on the (fsdp-sharded) parameters at the start of the loss function, after any cast to
+  the compute dtype (so the gather moves half the bytes in bf16). Without it the compiler may
+  keep weights split and split the activations along features instead, with full
+  rematerialisations between the layers; the gradients come back split by the train step's
+  out_shardings (a reduce-scatter).
+  """
+  return jax.lax.with_sharding_constraint(params, replicated(mesh))
+
+
 def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
   """This process's slice of the batch -> global arrays split along the batch axis.
 
   Every process passes a different ``[B / process_count, ...]`` slice (its host's share of
-  the data, in process order); the result is the ``[B, ...]`` global batch. With one process
-  it simply places the batch on the devices.
+  the data); the result is the ``[B, ...]`` global batch, in which each slice occupies the
+  rows of that process's devices (process order for meshes from :func:`make_mesh` on CPU and
+  GPU). With one process it simply places the batch on the devices.
   """
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
@@ -166,6 +182,10 @@ def shard_pytree(tree: Any, shardings: Any) -> Any:
 
 
 def to_host(tree: Any, mesh: Mesh) -> Any:
-  """Full numpy copies of (possibly sharded, possibly multi-process) arrays, on every host."""
+  """Full numpy copies of (possibly sharded, possibly multi-process) arrays, on every host.
+
+  For metrics, samples and tests; it gathers each array whole onto every device, so
+  checkpoints of large trees go through orbax instead.
+  """
   tree = jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)

@@ -1,0 +1,312 @@
+"""Synthetic text-to-video clips: a coloured shape moving on a textured background.
+
+This is the data set the demo trains on and the drift benchmark scores against, so
+every clip keeps its ground truth: the object's colour, shape and motion, the
+background, and the per-frame trajectory (centre and size in pixels).
+
+Conventions:
+  * Positions, sizes and speeds in a `ClipSpec` are fractions of the frame, so one
+    spec renders at any resolution; trajectories are returned in pixels of the
+    rendered resolution, `center_xy` as (x to the right, y down).
+  * Directional motions ("right", "left", "up", "down") wrap around the frame
+    (the frame is a torus): an object leaving on the right re-enters on the left, so
+    a clip of any length keeps its caption true. "bounce" moves diagonally and
+    reflects off the frame's edges.
+  * The background is static (a vertical brightness gradient plus a faint
+    checkerboard), so appearance drift of the background is measurable and a
+    perfect model can copy it from the reference frame.
+
+Held-out split: the (colour, shape, motion) triples in `HELDOUT_COMBINATIONS` never
+occur in the "train" split and are the only ones in the "heldout" split. Each of
+their colours, shapes and motions, and every pair of them, does occur in training,
+so held-out prompts test composition, not unseen words.
+"""
+
+import dataclasses
+import functools
+import itertools
+import math
+import re
+
+import numpy as np
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "orange": (245, 130, 20),
+    "yellow": (235, 210, 30),
+    "green": (30, 180, 50),
+    "blue": (30, 60, 220),
+    "purple": (140, 50, 200),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+MOTIONS: tuple[str, ...] = ("right", "left", "up", "down", "bounce")
+# Achromatic, so the saturated object colours segment cleanly from them.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "black": (30, 30, 30),
+    "gray": (128, 128, 128),
+    "white": (215, 215, 215),
+}
+SPLITS: tuple[str, ...] = ("train", "heldout")
+
+# Two triples per motion; every colour and shape is held out at least once.
+HELDOUT_COMBINATIONS: tuple[tuple[str, str, str], ...] = (
+    ("blue", "circle", "right"),
+    ("orange", "triangle", "right"),
+    ("red", "triangle", "left"),
+    ("purple", "square", "left"),
+    ("orange", "circle", "up"),
+    ("green", "square", "up"),
+    ("green", "triangle", "down"),
+    ("yellow", "circle", "down"),
+    ("yellow", "square", "bounce"),
+    ("blue", "triangle", "bounce"),
+)
+TRAIN_COMBINATIONS: tuple[tuple[str, str, str], ...] = tuple(
+    c for c in itertools.product(COLORS, SHAPES, MOTIONS)
+    if c not in HELDOUT_COMBINATIONS)
+
+# Unit velocity of each directional motion in (x, y) image coordinates (y down).
+_DIRECTIONS: dict[str, tuple[float, float]] = {
+    "right": (1.0, 0.0),
+    "left": (-1.0, 0.0),
+    "up": (0.0, -1.0),
+    "down": (0.0, 1.0),
+}
+# Ranges `sample_spec` draws from (fractions of the frame).
+SIZE_RANGE = (0.12, 0.2)  # Radius / half-extent, as a fraction of min(H, W).
+SPEED_RANGE = (0.02, 0.05)  # Frame fractions per frame.
+_GRADIENT = 0.3  # Background brightness varies by +-15% from top to bottom.
+_TEXTURE = 8.0  # Checkerboard amplitude, in uint8 levels.
+_CHECKER_CELLS = 8  # Checkerboard cells across the frame.
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+  """Everything that determines a clip, independent of resolution and length.
+
+  The defaults give a centred, medium-sized, medium-speed object, so evaluation can
+  render ground truth for a prompt with `ClipSpec(**parse_caption(prompt))`.
+  """
+  color: str
+  shape: str
+  motion: str
+  background: str = "gray"
+  start_xy: tuple[float, float] = (0.5, 0.5)  # Centre at frame 0, frame fractions.
+  size: float = 0.16  # Radius / half-extent, as a fraction of min(H, W).
+  speed: float = 0.035  # Frame fractions per frame.
+  bounce_angle: float = 45.0  # Degrees, direction of "bounce" (y down); else unused.
+
+  def __post_init__(self):
+    for value, allowed, what in ((self.color, COLORS, "colour"),
+                                 (self.shape, SHAPES, "shape"),
+                                 (self.motion, MOTIONS, "motion"),
+                                 (self.background, BACKGROUNDS, "background")):
+      if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {list(allowed)}")
+
+  @property
+  def caption(self) -> str:
+    return make_caption(self.color, self.shape, self.motion, self.background)
+
+  @property
+  def heldout(self) -> bool:
+    return (self.color, self.shape, self.motion) in HELDOUT_COMBINATIONS
+
+
+def make_caption(color: str, shape: str, motion: str,
+                 background: str | None = None) -> str:
+  """'a red circle moves right on a gray background' (background optional).
+
+  Bouncing objects read 'an orange square bounces around ...'.
+  """
+  verb = "bounces around" if motion == "bounce" else f"moves {motion}"
+  caption = f"{_article(color)} {color} {shape} {verb}"
+  if background is None:
+    return caption
+  return f"{caption} on {_article(background)} {background} background"
+
+
+def _article(word: str) -> str:
+  return "an" if word[0] in "aeiou" else "a"
+
+
+def all_captions() -> list[str]:
+  """Every caption of either split, with and without background: a tokenizer's text."""
+  return [make_caption(*triple, background)
+          for triple in itertools.product(COLORS, SHAPES, MOTIONS)
+          for background in (None, *BACKGROUNDS)]
+
+
+_CAPTION_RE = re.compile(
+    r"^an? (?P<color>\w+) (?P<shape>\w+) "
+    r"(?:moves (?P<direction>\w+)|(?P<bounce>bounces around))"
+    r"(?: on an? (?P<background>\w+) background)?\.?$")
+
+
+def parse_caption(caption: str) -> dict[str, str]:
+  """Inverse of `make_caption`: {'color', 'shape', 'motion'[, 'background']}."""
+  match = _CAPTION_RE.match(caption.strip().lower())
+  if match is None:
+    raise ValueError(
+        f"caption {caption!r} is not of the form "
+        f"'a <colour> <shape> moves <direction> [on a <background> background]' "
+        f"or 'a <colour> <shape> bounces around [...]'")
+  attributes = {
+      "color": match["color"],
+      "shape": match["shape"],
+      "motion": "bounce" if match["bounce"] else match["direction"],
+  }
+  if match["background"]:
+    attributes["background"] = match["background"]
+  for key, allowed in (("color", COLORS), ("shape", SHAPES), ("motion", MOTIONS),
+                       ("background", BACKGROUNDS)):
+    if key in attributes and attributes[key] not in allowed:
+      raise ValueError(f"caption {caption!r}: unknown {key} {attributes[key]!r}; "
+                       f"choose one of {list(allowed)}")
+  return attributes
+
+
+def combinations(split: str) -> tuple[tuple[str, str, str], ...]:
+  """The (colour, shape, motion) triples a split draws from."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+  return TRAIN_COMBINATIONS if split == "train" else HELDOUT_COMBINATIONS
+
+
+def sample_spec(rng: np.random.Generator, split: str) -> ClipSpec:
+  """Draws a random clip of `split` (uniform over its triples and backgrounds)."""
+  triples = combinations(split)
+  color, shape, motion = triples[rng.integers(len(triples))]
+  size = rng.uniform(*SIZE_RANGE)
+  # A bouncing object must start fully inside the frame; wrapping ones anywhere.
+  low = size if motion == "bounce" else 0.0
+  return ClipSpec(
+      color=color,
+      shape=shape,
+      motion=motion,
+      background=list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))],
+      start_xy=tuple(float(v) for v in rng.uniform(low, 1.0 - low, size=2)),
+      size=float(size),
+      speed=float(rng.uniform(*SPEED_RANGE)),
+      # Steep or shallow, never axis-aligned, in any of the four quadrants.
+      bounce_angle=float(rng.uniform(20.0, 70.0) + 90.0 * rng.integers(4)),
+  )
+
+
+def velocity_xy(spec: ClipSpec) -> tuple[float, float]:
+  """Initial velocity (x, y) in frame fractions per frame."""
+  if spec.motion == "bounce":
+    angle = math.radians(spec.bounce_angle)
+    return spec.speed * math.cos(angle), spec.speed * math.sin(angle)
+  dx, dy = _DIRECTIONS[spec.motion]
+  return spec.speed * dx, spec.speed * dy
+
+
+def trajectory(spec: ClipSpec, num_frames: int, height: int,
+               width: int) -> dict[str, np.ndarray]:
+  """Ground-truth path in pixels.
+
+  Returns:
+    {'center_xy': [T, 2] float32 (x, y) pixel coordinates of the object's centre
+     (wrapped into [0, W) x [0, H) for directional motions),
+     'size': [T] float32 radius / half-extent in pixels}.
+  """
+  t = np.arange(num_frames, dtype=np.float64)
+  size = spec.size * min(height, width)
+  center = []
+  for start, velocity, extent in zip(spec.start_xy, velocity_xy(spec), (width, height)):
+    position = start * extent + velocity * extent * t
+    if spec.motion == "bounce":
+      position = _reflect(position, size, extent - size)
+    else:
+      position = np.mod(position, extent)
+    center.append(position)
+  center = np.stack(center, axis=-1).astype(np.float32)
+  extent = np.array([width, height], np.float32)
+  # Rounding to float32 can turn 47.99999999 into 48: keep [0, W) x [0, H).
+  center = np.where(center >= extent, center - extent, center)
+  return {
+      "center_xy": center,
+      "size": np.full([num_frames], size, np.float32),
+  }
+
+
+def _reflect(position: np.ndarray, low: float, high: float) -> np.ndarray:
+  """Folds free motion into [low, high] as an elastic bounce (a triangle wave)."""
+  span = high - low
+  phase = np.mod(position - low, 2.0 * span)
+  return low + np.where(phase > span, 2.0 * span - phase, phase)
+
+
+def render_clip(spec: ClipSpec, num_frames: int, height: int,
+                width: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """Renders `spec` as frames: [T, H, W, 3] uint8, plus its `trajectory`."""
+  path = trajectory(spec, num_frames, height, width)
+  # Offsets of pixel centres from the object's, kept separable until the distance
+  # broadcasts them to [T, H, W]: far fewer operations than on full frames.
+  center = path["center_xy"][:, :, None, None]  # [T, 2, 1, 1]
+  dx = np.arange(width, dtype=np.float32) + 0.5 - center[:, 0]  # [T, 1, W]
+  dy = np.arange(height, dtype=np.float32)[:, None] + 0.5 - center[:, 1]  # [T, H, 1]
+  if spec.motion != "bounce":  # Toroidal offsets: the object shows on both edges.
+    dx = np.mod(dx + width / 2, width) - width / 2
+    dy = np.mod(dy + height / 2, height) - height / 2
+  distance = _signed_distance(spec.shape, dx, dy, path["size"][:, None, None])
+  # One pixel of linear coverage across the edge: anti-aliased, so sub-pixel motion
+  # changes the frames smoothly.
+  alpha = np.clip(0.5 - distance, 0.0, 1.0)[..., None]  # [T, H, W, 1]
+  background = background_image(spec.background, height, width)
+  color = np.asarray(COLORS[spec.color], np.float32)
+  frames = background + alpha * (color - background)
+  return np.round(frames).astype(np.uint8), path
+
+
+def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray,
+                     size: np.ndarray) -> np.ndarray:
+  """Pixels outside (+) / inside (-) the shape; exact along edges."""
+  if shape == "circle":
+    return np.sqrt(dx * dx + dy * dy) - size
+  if shape == "square":
+    return np.maximum(np.abs(dx), np.abs(dy)) - size
+  # Triangle with apex (0, -s) and base from (-s, s) to (s, s): fills half its box.
+  # Sides' outward unit normals are (+-2, -1) / sqrt(5); both pass through the apex.
+  sides = (2.0 * np.abs(dx) - (dy + size)) / math.sqrt(5.0)
+  return np.maximum(sides, dy - size)
+
+
+@functools.lru_cache(maxsize=32)
+def _background(name: str, height: int, width: int) -> np.ndarray:
+  ys, xs = np.mgrid[0:height, 0:width]
+  gradient = 1.0 + _GRADIENT * ((ys + 0.5) / height - 0.5)  # [H, W]
+  cell_y = ys * _CHECKER_CELLS // height
+  cell_x = xs * _CHECKER_CELLS // width
+  checker = np.where((cell_y + cell_x) % 2 == 0, _TEXTURE, -_TEXTURE)
+  rgb = np.asarray(BACKGROUNDS[name], np.float32)
+  image = rgb * gradient[..., None] + checker[..., None]
+  image = np.clip(image, 0.0, 255.0).astype(np.float32)
+  image.setflags(write=False)  # Shared by every clip through the cache.
+  return image
+
+
+def background_image(name: str, height: int, width: int) -> np.ndarray:
+  """The static background: [H, W, 3] float32 in [0, 255] (read-only)."""
+  if name not in BACKGROUNDS:
+    raise ValueError(f"unknown background {name!r}; choose one of {list(BACKGROUNDS)}")
+  return _background(name, height, width)
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  spec: ClipSpec
+  frames: np.ndarray  # [T, H, W, 3] uint8
+  center_xy: np.ndarray  # [T, 2] float32, pixels
+  size: np.ndarray  # [T] float32, pixels
+
+
+def generate_clip(seed: int, split: str, index: int, *, num_frames: int = 24,
+                  height: int = 32, width: int = 32) -> Clip:
+  """Clip number `index` of `split`: a pure function of its arguments."""
+  combinations(split)  # Validates `split`.
+  rng = np.random.default_rng((seed, SPLITS.index(split), index))
+  spec = sample_spec(rng, split)
+  frames, path = render_clip(spec, num_frames, height, width)
+  return Clip(spec=spec, frames=frames, **path)

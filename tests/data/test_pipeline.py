@@ -1,0 +1,205 @@
+"""Tests of the tf.data training pipeline: pairing, sharding, resumption."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from artv_jax.data import pipeline
+from artv_jax.data import tfds_synthetic
+from tests.data import test_tfds_webvid
+
+K = 2  # Reference frames: pairing is checked for more than one.
+NUM_FRAMES = 12
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+  tfds.disable_progress_bar()
+  config = tfds_synthetic.SyntheticShapesConfig(
+      name="tiny", height=16, width=16, num_frames=NUM_FRAMES, num_train=24,
+      num_heldout=6)
+  builder = tfds_synthetic.ArtvSyntheticShapes(
+      data_dir=tmp_path_factory.mktemp("tfds"), config=config)
+  builder.download_and_prepare()
+  return builder
+
+
+@pytest.fixture(scope="module")
+def webvid(tmp_path_factory):
+  manual_dir = os.fspath(tmp_path_factory.mktemp("manual"))
+  test_tfds_webvid.write_webvid_manual_dir(manual_dir, lengths=(6, 7, 9, 12))
+  return test_tfds_webvid.build(tmp_path_factory.mktemp("tfds"), manual_dir)
+
+
+def _iterator(builder, **overrides):
+  kwargs = dict(global_batch_size=6, num_reference_frames=K, min_stride=1,
+                max_stride=4, shuffle_buffer_size=8, seed=0, process_index=0,
+                process_count=1)
+  return pipeline.make_train_iterator(builder, **{**kwargs, **overrides})
+
+
+def _clips(builder, split="train"):
+  """{TFDS id: example} of a whole split, decoded."""
+  ds = builder.as_dataset(split=split, read_config=tfds.ReadConfig(add_tfds_id=True))
+  return {ex["tfds_id"]: ex for ex in tfds.as_numpy(ds)}
+
+
+def _scaled(frames):
+  return frames.astype(np.float32) / 127.5 - 1.0
+
+
+def test_batch_shapes_and_range(synthetic):
+  batch = next(_iterator(synthetic))
+  assert batch["target"].shape == (6, 16, 16, 3)
+  assert batch["refs"].shape == (6, K, 16, 16, 3)
+  assert batch["anchor"].shape == (6, 16, 16, 3)
+  assert batch["ref_indices"].shape == (6, K)
+  for key in ("caption", "stride", "target_index", "anchor_index", "clip_id"):
+    assert batch[key].shape == (6,)
+  for key in ("target", "refs", "anchor"):
+    assert batch[key].dtype == np.float32
+    assert -1.0 <= batch[key].min() and batch[key].max() <= 1.0
+
+
+def _check_pairing(batch, clips, min_stride, max_stride):
+  for i in range(len(batch["clip_id"])):
+    clip = clips[batch["clip_id"][i]]
+    frames = clip["frames"]
+    stride, target = batch["stride"][i], batch["target_index"][i]
+    anchor = batch["anchor_index"][i]
+    assert min_stride <= stride <= max_stride
+    np.testing.assert_array_equal(batch["ref_indices"][i],
+                                  target - stride * np.arange(1, K + 1))
+    strides, remainder = divmod(target - anchor, stride)
+    assert remainder == 0 and strides >= K and anchor >= 0
+    np.testing.assert_array_equal(batch["target"][i], _scaled(frames[target]))
+    for j, index in enumerate(batch["ref_indices"][i]):
+      np.testing.assert_array_equal(batch["refs"][i, j], _scaled(frames[index]))
+    np.testing.assert_array_equal(batch["anchor"][i], _scaled(frames[anchor]))
+    assert batch["caption"][i] == clip["caption"]
+
+
+def test_tuples_are_paired_by_the_sampled_stride(synthetic):
+  clips = _clips(synthetic)
+  iterator = _iterator(synthetic, min_stride=2, max_stride=5)
+  strides = set()
+  for _ in range(6):
+    batch = next(iterator)
+    _check_pairing(batch, clips, 2, 5)
+    strides.update(batch["stride"].tolist())
+  assert strides == {2, 3, 4, 5}  # (T - 1) // K = 5 frames fit the longest stride.
+
+
+def test_target_follows_reference_on_the_ground_truth_trajectory(synthetic):
+  """The object moved from reference to target by velocity x stride."""
+  clips = _clips(synthetic)
+  batch = next(_iterator(synthetic))
+  for i, clip_id in enumerate(batch["clip_id"]):
+    clip = clips[clip_id]
+    motion = synthetic.info.features["motion"].int2str(clip["motion"])
+    if motion == "bounce":  # Reflections break the straight line.
+      continue
+    shift = (clip["center_xy"][batch["target_index"][i]]
+             - clip["center_xy"][batch["ref_indices"][i, 0]])
+    shift = np.mod(shift + 8.0, 16.0) - 8.0  # The 16x16 frame wraps around.
+    np.testing.assert_allclose(shift, clip["velocity_xy"] * batch["stride"][i],
+                               atol=1e-4)
+
+
+def test_video_feature_clips_are_paired_and_short_clips_dropped(webvid):
+  clips = _clips(webvid)
+  lengths = {clip_id: len(clip["frames"]) for clip_id, clip in clips.items()}
+  # K * min_stride + 1 = 7 frames needed: the 6-frame video never appears.
+  iterator = _iterator(webvid, min_stride=3, max_stride=4, global_batch_size=4)
+  seen = set()
+  for _ in range(4):
+    batch = next(iterator)
+    _check_pairing(batch, clips, 3, 4)
+    seen.update(batch["clip_id"].tolist())
+  assert seen == {clip_id for clip_id, n in lengths.items() if n >= 7}
+
+
+def test_hosts_read_disjoint_shards_covering_the_split(synthetic):
+  seen = []
+  for process_index in range(2):
+    iterator = _iterator(synthetic, global_batch_size=8, process_index=process_index,
+                         process_count=2)
+    ids = set()
+    for _ in range(3):  # A whole epoch of the 12-clip shard.
+      batch = next(iterator)
+      assert batch["target"].shape[0] == 4  # global_batch_size // process_count
+      ids.update(batch["clip_id"].tolist())
+    seen.append(ids)
+  assert not seen[0] & seen[1]
+  assert seen[0] | seen[1] == set(_clips(synthetic))
+
+
+def _assert_same_batches(expected, iterator):
+  for batch in expected:
+    actual = next(iterator)
+    for key in batch:
+      np.testing.assert_array_equal(actual[key], batch[key], err_msg=key)
+
+
+def test_same_seed_same_batches_other_seed_other_batches(synthetic):
+  expected = [next(_iterator(synthetic))]
+  _assert_same_batches(expected, _iterator(synthetic))
+  other = next(_iterator(synthetic, seed=1))
+  assert not np.array_equal(other["target"], expected[0]["target"])
+
+
+def test_restored_iterator_yields_the_same_batches(synthetic, tmp_path):
+  iterator = _iterator(synthetic)
+  for _ in range(5):  # Past the first epoch of 24 clips.
+    next(iterator)
+  iterator.save(os.fspath(tmp_path / "position"))
+  expected = [next(iterator) for _ in range(4)]
+  restored = _iterator(synthetic)
+  restored.restore(os.fspath(tmp_path / "position"))
+  _assert_same_batches(expected, restored)
+
+
+def test_orbax_checkpoint_manager_saves_the_position(synthetic, tmp_path):
+  iterator = _iterator(synthetic)
+  next(iterator)
+  state = {"params": jnp.arange(3.0)}
+  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=True)
+  with ocp.CheckpointManager(tmp_path / "checkpoints", options=options) as manager:
+    manager.save(1, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=pipeline.TrainIteratorSave(iterator)))
+    expected = [next(iterator) for _ in range(3)]  # While the save may still run.
+    manager.wait_until_finished()
+    restored = _iterator(synthetic)
+    result = manager.restore(1, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state),
+        data=pipeline.TrainIteratorRestore(restored)))
+  np.testing.assert_array_equal(result.state["params"], state["params"])
+  _assert_same_batches(expected, restored)
+
+
+def test_restore_without_saved_position_names_the_path(synthetic, tmp_path):
+  with pytest.raises(FileNotFoundError, match="no data iterator state"):
+    _iterator(synthetic).restore(os.fspath(tmp_path / "nothing"))
+
+
+def test_heldout_split_yields_only_heldout_clips(synthetic):
+  heldout_ids = set(_clips(synthetic, "heldout"))
+  batch = next(_iterator(synthetic, split="heldout", global_batch_size=4))
+  assert set(batch["clip_id"].tolist()) <= heldout_ids
+
+
+def test_global_batch_must_divide_among_processes(synthetic):
+  with pytest.raises(ValueError, match="not divisible"):
+    _iterator(synthetic, global_batch_size=5, process_count=2)
+
+
+def test_make_builder_builds_the_synthetic_data_set(tmp_path):
+  builder = pipeline.make_builder("synthetic_shapes", os.fspath(tmp_path), resolution=8)
+  assert builder.info.features["frames"].shape[1:] == (8, 8, 3)
+  with pytest.raises(ValueError, match="unknown dataset"):
+    pipeline.make_builder("kinetics", os.fspath(tmp_path), resolution=8)

@@ -1,0 +1,146 @@
+"""Tests of the synthetic shapes clips: ground truth, held-out split, captions."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from artv_jax.data import synthetic_shapes as ss
+
+
+def _object_mask(frames: np.ndarray, color: str) -> np.ndarray:
+  """Pixels at least half covered by the object: [T, H, W] bool."""
+  rgb = np.asarray(ss.COLORS[color], np.float32)
+  distance = np.linalg.norm(frames.astype(np.float32) - rgb, axis=-1)
+  # The backgrounds are grey, far (> 150) from every object colour.
+  return distance < 75.0
+
+
+def test_generate_clip_is_a_function_of_seed_split_and_index():
+  a = ss.generate_clip(3, "train", 7)
+  b = ss.generate_clip(3, "train", 7)
+  c = ss.generate_clip(3, "train", 8)
+  assert a.spec == b.spec and np.array_equal(a.frames, b.frames)
+  assert not np.array_equal(a.frames, c.frames)
+
+
+def test_clip_shapes():
+  clip = ss.generate_clip(0, "train", 0, num_frames=20, height=24, width=40)
+  assert clip.frames.shape == (20, 24, 40, 3) and clip.frames.dtype == np.uint8
+  assert clip.center_xy.shape == (20, 2) and clip.size.shape == (20,)
+
+
+def test_split_combinations_partition_all_triples():
+  train, heldout = set(ss.TRAIN_COMBINATIONS), set(ss.HELDOUT_COMBINATIONS)
+  assert not train & heldout
+  assert train | heldout == set(itertools.product(ss.COLORS, ss.SHAPES, ss.MOTIONS))
+
+
+@pytest.mark.parametrize("split", ss.SPLITS)
+def test_split_samples_only_its_triples(split):
+  rng = np.random.default_rng(0)
+  triples = {(s.color, s.shape, s.motion)
+             for s in (ss.sample_spec(rng, split) for _ in range(3000))}
+  heldout = set(ss.HELDOUT_COMBINATIONS)
+  assert triples <= (heldout if split == "heldout" else set(ss.TRAIN_COMBINATIONS))
+  assert triples == set(ss.combinations(split))  # Every triple gets drawn.
+
+
+def test_heldout_triples_combine_attribute_pairs_seen_in_training():
+  train = ss.TRAIN_COMBINATIONS
+  for triple in ss.HELDOUT_COMBINATIONS:
+    for i, j in itertools.combinations(range(3), 2):
+      assert any(t[i] == triple[i] and t[j] == triple[j] for t in train), (triple, i, j)
+
+
+def test_caption_round_trip():
+  for color, shape, motion in itertools.product(ss.COLORS, ss.SHAPES, ss.MOTIONS):
+    assert ss.parse_caption(ss.make_caption(color, shape, motion)) == {
+        "color": color, "shape": shape, "motion": motion}
+    for background in ss.BACKGROUNDS:
+      caption = ss.make_caption(color, shape, motion, background)
+      assert ss.parse_caption(caption) == {"color": color, "shape": shape,
+                                           "motion": motion, "background": background}
+
+
+def test_all_captions_cover_both_splits():
+  captions = set(ss.all_captions())
+  for triple in ss.HELDOUT_COMBINATIONS + ss.TRAIN_COMBINATIONS[:3]:
+    assert ss.make_caption(*triple) in captions
+    assert ss.make_caption(*triple, "white") in captions
+
+
+@pytest.mark.parametrize("caption", ["a pink circle moves right",
+                                     "a red hexagon moves left",
+                                     "a red circle moves sideways",
+                                     "a red circle spins"])
+def test_parse_caption_rejects_unknown_words(caption):
+  with pytest.raises(ValueError, match="caption"):
+    ss.parse_caption(caption)
+
+
+def test_clip_spec_rejects_unknown_attribute():
+  with pytest.raises(ValueError, match="unknown shape 'hexagon'"):
+    ss.ClipSpec(color="red", shape="hexagon", motion="left")
+
+
+@pytest.mark.parametrize("shape,area_per_size2", [("circle", np.pi), ("square", 4.0),
+                                                  ("triangle", 2.0)])
+def test_rendered_object_matches_trajectory(shape, area_per_size2):
+  spec = ss.ClipSpec(color="blue", shape=shape, motion="bounce", size=0.15,
+                     start_xy=(0.4, 0.6), bounce_angle=30.0, speed=0.03)
+  frames, path = ss.render_clip(spec, 16, 64, 64)
+  # Coverage of each pixel by the object, from its colour between background and
+  # object: sub-pixel accurate thanks to the anti-aliased edges.
+  background = ss.background_image("gray", 64, 64)
+  color = np.asarray(ss.COLORS["blue"], np.float32)
+  alpha = ((frames - background) * (color - background)).sum(-1)
+  alpha /= ((color - background) ** 2).sum(-1)
+  area = alpha.sum(axis=(1, 2))
+  np.testing.assert_allclose(area, area_per_size2 * path["size"] ** 2, rtol=0.03)
+  ys, xs = np.mgrid[0:64, 0:64] + 0.5
+  centroid = np.stack([(alpha * xs).sum((1, 2)), (alpha * ys).sum((1, 2))], -1)
+  centroid /= area[:, None]
+  # A triangle's centre is its bounding box's, a third of s above its centroid.
+  offset = np.array([0.0, 1 / 3]) * path["size"][:, None] if shape == "triangle" else 0
+  np.testing.assert_allclose(centroid, path["center_xy"] + offset, atol=0.1)
+
+
+@pytest.mark.parametrize("motion", ["right", "left", "up", "down"])
+def test_directional_motion_moves_by_its_speed_and_wraps(motion):
+  spec = ss.ClipSpec(color="red", shape="circle", motion=motion, speed=0.05)
+  frames, path = ss.render_clip(spec, 40, 32, 48)  # Travels twice across the frame.
+  step = np.diff(path["center_xy"], axis=0)
+  extent = np.array([48.0, 32.0])
+  step = np.mod(step + extent / 2, extent) - extent / 2  # Undo the wrap.
+  vx, vy = ss.velocity_xy(spec)
+  np.testing.assert_allclose(step, np.broadcast_to([vx * 48, vy * 32], step.shape),
+                             atol=1e-4)
+  assert ((path["center_xy"] >= 0) & (path["center_xy"] < extent)).all()
+  # Whole at every frame, also when split across an edge.
+  area = _object_mask(frames, "red").sum(axis=(1, 2))
+  assert area.min() > 0.9 * area.max()
+
+
+def test_bounce_stays_inside_the_frame():
+  spec = ss.ClipSpec(color="green", shape="square", motion="bounce", speed=0.05,
+                     bounce_angle=60.0)
+  _, path = ss.render_clip(spec, 200, 32, 32)
+  size = path["size"][0]
+  assert (path["center_xy"] >= size - 1e-4).all()
+  assert (path["center_xy"] <= 32 - size + 1e-4).all()
+  step = np.diff(path["center_xy"], axis=0)
+  assert (step[:, 0] < 0).any() and (step[:, 0] > 0).any()  # It did bounce.
+
+
+def test_background_is_static_away_from_the_object():
+  spec = ss.ClipSpec(color="red", shape="square", motion="right", size=0.15)
+  frames, path = ss.render_clip(spec, 8, 32, 32)
+  background = np.round(ss.background_image("gray", 32, 32)).astype(np.uint8)
+  ys, xs = np.mgrid[0:32, 0:32] + 0.5
+  dx = np.abs(xs - path["center_xy"][:, 0, None, None])
+  dy = np.abs(ys - path["center_xy"][:, 1, None, None])
+  dx = np.minimum(dx, 32 - dx)  # The frame wraps around.
+  far = np.maximum(dx, dy) > path["size"][:, None, None] + 1.0  # [T, H, W]
+  assert far.mean() > 0.5
+  np.testing.assert_array_equal(frames[far], np.broadcast_to(background, frames.shape)[far])

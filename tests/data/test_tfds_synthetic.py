@@ -1,0 +1,65 @@
+"""Tests of the synthetic shapes TFDS builder."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from artv_jax.data import synthetic_shapes
+from artv_jax.data import tfds_synthetic
+
+TINY = tfds_synthetic.SyntheticShapesConfig(
+    name="tiny", height=16, width=24, num_frames=10, num_train=30, num_heldout=12,
+    seed=5)
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory):
+  tfds.disable_progress_bar()
+  builder = tfds_synthetic.ArtvSyntheticShapes(
+      data_dir=tmp_path_factory.mktemp("tfds"), config=TINY)
+  builder.download_and_prepare()
+  return builder
+
+
+def _examples(builder, split):
+  return list(tfds.as_numpy(builder.as_dataset(split=split)))
+
+
+def test_splits_and_shapes(builder):
+  assert builder.info.splits["train"].num_examples == 30
+  assert builder.info.splits["heldout"].num_examples == 12
+  example = _examples(builder, "train")[0]
+  assert example["frames"].shape == (10, 16, 24, 3)
+  assert example["frames"].dtype == np.uint8
+  assert example["center_xy"].shape == (10, 2) and example["size"].shape == (10,)
+
+
+def _triple(builder, example):
+  names = builder.info.features
+  return (names["color"].int2str(example["color"]),
+          names["shape"].int2str(example["shape"]),
+          names["motion"].int2str(example["motion"]))
+
+
+def test_heldout_combinations_only_in_heldout_split(builder):
+  heldout = set(synthetic_shapes.HELDOUT_COMBINATIONS)
+  train = {_triple(builder, ex) for ex in _examples(builder, "train")}
+  assert not train & heldout
+  assert {_triple(builder, ex) for ex in _examples(builder, "heldout")} <= heldout
+
+
+def test_stored_clips_are_the_generator_s(builder):
+  for split in ("train", "heldout"):
+    for example in _examples(builder, split)[:5]:
+      clip = synthetic_shapes.generate_clip(
+          TINY.seed, split, int(example["index"]), num_frames=10, height=16, width=24)
+      np.testing.assert_array_equal(example["frames"], clip.frames)
+      np.testing.assert_array_equal(example["center_xy"], clip.center_xy)
+      np.testing.assert_array_equal(example["size"], clip.size)
+      assert example["caption"].decode() == clip.spec.caption
+      assert _triple(builder, example) == (clip.spec.color, clip.spec.shape,
+                                           clip.spec.motion)
+      np.testing.assert_array_equal(example["color_rgb"],
+                                    synthetic_shapes.COLORS[clip.spec.color])
+      vx, vy = synthetic_shapes.velocity_xy(clip.spec)
+      np.testing.assert_allclose(example["velocity_xy"], [vx * 24, vy * 16], rtol=1e-6)
