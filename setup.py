@@ -9,6 +9,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["artv_jax", "artv_jax.*"]),
+    package_data={"artv_jax.checkpoints": ["presets/*/*/*.json"]},
     install_requires=[
         "jax>=0.10,<0.12",
         "flax>=0.12,<0.13",
@@ -20,6 +21,8 @@ setuptools.setup(
         "tensorflow-cpu>=2.16,<3",
         # tensorflow-datasets imports it when preparing a builder, but does not require it.
         "importlib_resources",
+        "tensorboard>=2.16,<3",  # event files of the training metrics
+        "tqdm>=4.60",
         "ml_collections>=1.0,<2",
         "imageio>=2.34,<3",
         "imageio-ffmpeg>=0.5,<1",

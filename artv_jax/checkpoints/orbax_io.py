@@ -1,0 +1,49 @@
+"""Saving and restoring parameter trees with orbax.
+
+Orbax writes a checkpoint into a temporary directory and renames it into place once every
+array is on disk, so an interrupted save never leaves a checkpoint that looks complete.
+"""
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def save_params(path: os.PathLike, params: Any) -> None:
+  """Writes ``params`` (a pytree of numpy or jax arrays) as a new orbax checkpoint at ``path``.
+
+  Raises:
+    FileExistsError: if ``path`` exists (a checkpoint is never overwritten in place).
+  """
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    raise FileExistsError(f"{path} exists; save the parameters to a new path")
+  with ocp.StandardCheckpointer() as checkpointer:  # Leaving the block waits for the write.
+    checkpointer.save(path, params)
+
+
+def restore_params(path: os.PathLike, target: Optional[Any] = None) -> Any:
+  """Reads a checkpoint written by :func:`save_params`.
+
+  Args:
+    path: the checkpoint directory.
+    target: None to get the arrays as saved (numpy arrays if numpy arrays were saved), or a
+      pytree with the saved structure whose leaves are arrays or ``jax.ShapeDtypeStruct``:
+      each array is then restored as a ``jax.Array`` of the leaf's dtype (a cast, e.g. to
+      bfloat16) and sharding (the default device where the leaf has none).
+
+  Raises:
+    FileNotFoundError: if ``path`` holds no checkpoint.
+  """
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no orbax checkpoint at {path}")
+  if target is not None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                          sharding=getattr(leaf, "sharding", None) or device),
+        target)
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(path, target)
