@@ -28,6 +28,7 @@ setuptools.setup(
         "imageio-ffmpeg>=0.5,<1",
         "safetensors>=0.4,<1",
         "numpy>=1.26,<3",
+        "scipy>=1.10",
         "absl-py>=2.0,<3",
     ],
     extras_require={
