@@ -69,7 +69,7 @@ def convert(src: os.PathLike, dst: os.PathLike, *, config_from: Optional[str] = 
   conversion = {"source": str(pathlib.Path(src).absolute()), "layout": source.layout,
                 "config_from": config_from, "tokenizer": str(source.tokenizer_dir),
                 "dropped_keys": sorted(source.dropped)}
-  _write_atomically(dst, lambda tmp: pretrained.save_pretrained(
+  write_atomically(dst, lambda tmp: pretrained.save_pretrained(
       tmp, params, source.configs, source.tokenizer_dir, conversion))
   print(f"wrote {dst}", flush=True)
 
@@ -87,7 +87,7 @@ def _summary(keys: list[str], shown: int = 8) -> str:
   return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
-def _write_atomically(dst: pathlib.Path, write) -> None:
+def write_atomically(dst: pathlib.Path, write) -> None:
   """Runs ``write(tmp)`` on a fresh directory next to ``dst``, then moves it to ``dst``."""
   dst.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))

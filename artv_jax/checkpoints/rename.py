@@ -6,8 +6,11 @@ state dict is a handful of rules instead of a table:
     down_blocks.0.resnets.1.conv1.weight  ->  down_blocks_0/resnets_1/conv1/kernel
 
 * a ``.`` followed by an integer joins onto the name before it (``resnets.1`` -> ``resnets_1``);
-* ``weight`` becomes ``kernel`` (conv: OIHW -> HWIO, linear: [out, in] -> [in, out]),
-  ``scale`` (norms) or ``embedding`` (lookup tables), whichever leaf the target module has;
+* ``weight`` becomes ``kernel``, ``scale`` (norms) or ``embedding`` (lookup tables), whichever
+  leaf the target module has;
+* a ``kernel`` moves to Flax's layout: linear [out, in] -> [in, out], convolution of any
+  dimension [out, in, *spatial] -> [*spatial, in, out] (Conv2d OIHW -> HWIO, Conv3d
+  OITHW -> THWIO); a 1x1 conv kernel feeding a linear layer is squeezed to [in, out];
 * ``bias`` stays ``bias``.
 
 Every source key must be consumed and every target leaf filled; otherwise
@@ -51,8 +54,8 @@ def torch_key_to_path(key: str) -> tuple[str, ...]:
 def _to_flax_layout(leaf: str, value: np.ndarray) -> np.ndarray:
   if leaf != "kernel":
     return value
-  if value.ndim == 4:  # conv: [out, in, h, w] -> [h, w, in, out]
-    return value.transpose(2, 3, 1, 0)
+  if value.ndim > 2:  # conv: [out, in, *spatial] -> [*spatial, in, out]
+    return value.transpose(*range(2, value.ndim), 1, 0)
   if value.ndim == 2:  # linear: [out, in] -> [in, out]
     return value.T
   return value

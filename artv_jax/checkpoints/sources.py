@@ -220,7 +220,7 @@ def _read_diffusers_folder(folder: pathlib.Path) -> tuple[dict, dict, list]:
   state_dicts, origin = {}, {}
   for name in _NETWORK_DIRS:
     state_dict = {}
-    for file in _weight_files(folder / name):
+    for file in weight_files(folder / name):
       state_dict.update(read_weights(file))
     if name == "vae":
       state_dict = {_OLD_VAE_ATTENTION.sub(lambda m: f"{m[1]}.{_NEW_VAE_ATTENTION[m[2]]}.", k): v
@@ -230,7 +230,7 @@ def _read_diffusers_folder(folder: pathlib.Path) -> tuple[dict, dict, list]:
   return state_dicts, origin, []
 
 
-def _weight_files(folder: pathlib.Path) -> list[pathlib.Path]:
+def weight_files(folder: pathlib.Path) -> list[pathlib.Path]:
   """The weight files of one network: safetensors preferred, sharded or not."""
   for suffix in (".safetensors", ".bin"):
     index = sorted(folder.glob(f"*{suffix}.index.json"))

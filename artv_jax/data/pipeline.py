@@ -12,6 +12,8 @@ One training tuple, from one clip of T frames (METHOD.md, "anchor" and reference
 Clips shorter than k*min_stride + 1 frames are dropped. Each host reads its own
 disjoint slice of the split (`tfds.even_splits`), shuffles it, and yields batches of
 global_batch_size // process_count tuples, images scaled to float32 [-1, 1], NHWC.
+A data set pre-encoded by `data/precompute.py` gives the same tuples of VAE posterior
+moments instead of images, and the caption's text states.
 
 Resuming: the position is tf.data's own iterator state (shuffle buffer, file
 offsets, prefetched batches, element counter). Every random choice is a stateless
@@ -91,6 +93,14 @@ class TrainIterator:
     ref_indices:  [B, k] int32
     anchor_index: [B] int32
     clip_id:      [B] bytes, the clip's TFDS id (file and record)
+
+  From a pre-encoded data set (`data/precompute.py`), 'target', 'refs' and 'anchor'
+  are replaced by the VAE posterior moments of the same frames, and the caption's
+  text states are added:
+    target_moments: [B, h, w, 2C] float32, mean then log-variance channels, unscaled
+    refs_moments:   [B, k, h, w, 2C] float32
+    anchor_moments: [B, h, w, 2C] float32
+    text_states:    [B, L, D] float32
   """
 
   def __init__(self, dataset: tf.data.Dataset, process_index: int):
@@ -136,7 +146,8 @@ def make_train_iterator(
 
   Args:
     builder: a prepared TFDS builder whose examples have "frames" (a `Video`, or a
-      `Tensor` [T, H, W, 3] uint8 with an encoding) and "caption".
+      `Tensor` [T, H, W, 3] uint8 with an encoding) and "caption"; or a pre-encoded
+      one (`precompute.load_encoded`) with "moments", "text_states" and "caption".
     global_batch_size: tuples per step over all processes.
     split: TFDS split (slicing allowed, e.g. "train[:90%]").
     num_reference_frames: k, previous frames per tuple.
@@ -166,16 +177,18 @@ def make_train_iterator(
   if builder.info.splits[host_split].num_examples == 0:
     raise ValueError(f"split {split!r} has too few clips for {process_count} "
                      f"processes: process {process_index} gets none")
-  frames_feature = builder.info.features["frames"]
-  num_frames, decode_frames = _frame_access(frames_feature)
+  encoded = "moments" in builder.info.features  # Written by data/precompute.py.
+  frames_key, suffix = ("moments", "_moments") if encoded else ("frames", "")
+  passed = ("caption", "text_states") if encoded else ("caption",)
+  num_frames, decode_frames = _frame_access(builder.info.features[frames_key])
   ds = builder.as_dataset(
       split=host_split,
       shuffle_files=True,
       read_config=tfds.ReadConfig(shuffle_seed=seed, add_tfds_id=True),
-      decoders={"frames": tfds.decode.SkipDecoding()},
+      decoders={frames_key: tfds.decode.SkipDecoding()},
   )
-  ds = ds.map(lambda ex: {"frames": ex["frames"], "caption": ex["caption"],
-                          "clip_id": ex["tfds_id"]})
+  ds = ds.map(lambda ex: {"frames": ex[frames_key], "clip_id": ex["tfds_id"],
+                          **{key: ex[key] for key in passed}})
   ds = ds.filter(lambda ex: num_frames(ex["frames"]) >= k * min_stride + 1)
   ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
   ds = ds.repeat().enumerate()
@@ -197,13 +210,17 @@ def make_train_iterator(
     target_index = anchor_index + strides * stride
     ref_indices = target_index - stride * tf.range(1, k + 1)
     indices = tf.concat([[target_index], ref_indices, [anchor_index]], 0)
-    frames = decode_frames(ex["frames"], indices)  # [k + 2, H, W, 3] uint8
-    frames = tf.cast(frames, tf.float32) / 127.5 - 1.0
+    frames = decode_frames(ex["frames"], indices)  # [k + 2, H, W, C]
+    if encoded:
+      frames = tf.cast(frames, tf.float32)
+      ex = {**ex, "text_states": tf.cast(ex["text_states"], tf.float32)}
+    else:
+      frames = tf.cast(frames, tf.float32) / 127.5 - 1.0
     return {
-        "target": frames[0],
-        "refs": frames[1:k + 1],
-        "anchor": frames[k + 1],
-        "caption": ex["caption"],
+        "target" + suffix: frames[0],
+        "refs" + suffix: frames[1:k + 1],
+        "anchor" + suffix: frames[k + 1],
+        **{key: ex[key] for key in passed},
         "stride": stride,
         "target_index": target_index,
         "ref_indices": ref_indices,
@@ -226,21 +243,26 @@ def _uniform_int(seed: tf.Tensor, low, high) -> tf.Tensor:
 
 
 def _frame_access(feature: tfds.features.FeatureConnector):
-  """(num_frames(encoded), decode(encoded, indices) -> [N, H, W, 3] uint8).
+  """(num_frames(encoded), decode(encoded, indices) -> [N, H, W, C]).
 
   Video features are stored frame by frame, so only the sampled frames are
-  decoded; whole-clip tensors are decoded, then indexed.
+  decoded; whole-clip tensors (uint8 frames, or the float latent moments of
+  data/precompute.py) are decoded, then indexed.
   """
   if isinstance(feature, tfds.features.Video):
     return (lambda encoded: tf.shape(encoded)[0],
             lambda encoded, indices: feature.decode_example(tf.gather(encoded, indices)))
   if (isinstance(feature, tfds.features.Tensor) and len(feature.shape) == 4
-      and feature.shape[0] is not None and feature.np_dtype == np.uint8):
+      and (feature.np_dtype == np.uint8 or np.issubdtype(feature.np_dtype, np.floating))):
     length = feature.shape[0]
-    return (lambda encoded: tf.constant(length),
+    if length is None:  # Clips of varying length: the decoded shape tells.
+      num_frames = lambda encoded: tf.shape(feature.decode_example(encoded))[0]
+    else:
+      num_frames = lambda encoded: tf.constant(length)
+    return (num_frames,
             lambda encoded, indices: tf.gather(feature.decode_example(encoded), indices))
   raise ValueError(f"'frames' must be a tfds.features.Video or a uint8 Tensor "
-                   f"[T, H, W, 3] with fixed T, got {feature!r}")
+                   f"[T, H, W, 3], 'moments' a float Tensor [T, h, w, 2C]; got {feature!r}")
 
 
 @dataclasses.dataclass

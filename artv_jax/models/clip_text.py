@@ -74,8 +74,9 @@ class CLIPTextEmbeddings(nn.Module):
 
 
 class CLIPAttention(nn.Module):
-  """Causal multi-head self-attention."""
+  """Multi-head self-attention: causal in the text tower, over all tokens in the image tower."""
   num_heads: int
+  causal: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -92,7 +93,7 @@ class CLIPAttention(nn.Module):
     k = dense(name="k_proj")(x).reshape(heads)
     v = dense(name="v_proj")(x).reshape(heads)
     # Default scale 1/sqrt(head_dim), as CLIP; XLA may pick a fused kernel.
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
     return dense(name="out_proj")(out.reshape(x.shape))
 
 
@@ -117,6 +118,7 @@ class CLIPEncoderLayer(nn.Module):
   intermediate_size: int
   hidden_act: str
   layer_norm_eps: float
+  causal: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -125,7 +127,7 @@ class CLIPEncoderLayer(nn.Module):
     """x: [B, L, D] -> [B, L, D]."""
     norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_eps, dtype=self.dtype,
                              param_dtype=self.param_dtype)
-    attn = CLIPAttention(self.num_attention_heads, dtype=self.dtype,
+    attn = CLIPAttention(self.num_attention_heads, self.causal, dtype=self.dtype,
                          param_dtype=self.param_dtype, name="self_attn")
     mlp = CLIPMLP(self.intermediate_size, self.hidden_act, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="mlp")
@@ -134,12 +136,16 @@ class CLIPEncoderLayer(nn.Module):
 
 
 class CLIPEncoder(nn.Module):
-  """A stack of ``num_hidden_layers`` encoder layers, each optionally rematerialised."""
+  """A stack of ``num_hidden_layers`` encoder layers, each optionally rematerialised.
+
+  ``causal=False`` gives the image tower's encoder (attention over all tokens).
+  """
   num_hidden_layers: int
   num_attention_heads: int
   intermediate_size: int
   hidden_act: str
   layer_norm_eps: float
+  causal: bool = True
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -150,8 +156,8 @@ class CLIPEncoder(nn.Module):
     layer = nn.remat(CLIPEncoderLayer) if self.remat else CLIPEncoderLayer
     for i in range(self.num_hidden_layers):
       x = layer(self.num_attention_heads, self.intermediate_size, self.hidden_act,
-                self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-                name=f"layers_{i}")(x)
+                self.layer_norm_eps, self.causal, dtype=self.dtype,
+                param_dtype=self.param_dtype, name=f"layers_{i}")(x)
     return x
 
 

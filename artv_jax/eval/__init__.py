@@ -1,0 +1,1 @@
+"""Evaluation: the synthetic drift / prompt-following benchmark and standard video metrics."""
