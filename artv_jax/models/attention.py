@@ -7,11 +7,13 @@ import jax
 import jax.numpy as jnp
 
 from artv_jax.models.conv import Conv2D
+from artv_jax.models.sdpa import dot_product_attention
 
 
 class Attention(nn.Module):
-  """Multi-head attention through ``jax.nn.dot_product_attention`` (XLA may fuse it, e.g.
-  cuDNN flash attention on GPU).
+  """Multi-head attention through :func:`artv_jax.models.sdpa.dot_product_attention`
+  (``jax.nn.dot_product_attention`` on GPU/TPU, where XLA may fuse it, e.g. cuDNN flash
+  attention; a faster form of the same math on CPU).
 
   x: [B, T, C], context: [B, S, C_ctx] or None (self-attention) -> [B, T, query_dim].
 
@@ -42,7 +44,7 @@ class Attention(nn.Module):
     v = split_heads(dense(inner, self.qkv_bias, "to_v")(context))
     if self.upcast:
       q, k, v = (t.astype(jnp.float32) for t in (q, k, v))
-    out = jax.nn.dot_product_attention(q, k, v).astype(self.dtype)
+    out = dot_product_attention(q, k, v).astype(self.dtype)
     out = out.reshape(out.shape[:2] + (inner,))
     return dense(self.query_dim, True, "to_out_0")(out)
 

@@ -1,0 +1,533 @@
+"""ART·V training: build the networks, the pure sharded ``train_step``, and the training loop.
+
+Read top to bottom: :func:`build_models` (frozen VAE + text encoder, the ART·V network around
+the SD UNet), :func:`make_optimizer`, :func:`create_train_state`, :func:`train_step` (one
+optimiser update, possibly over several micro-batches), :func:`train_and_evaluate` (mesh,
+input pipeline, checkpoints, metrics).
+"""
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import traverse_util
+
+from artv_jax import parallel
+from artv_jax.data import pipeline
+from artv_jax.diffusion.masked_loss import masked_diffusion_loss
+from artv_jax.diffusion.schedule import Schedule, make_schedule, schedule_from_config
+from artv_jax.models.artv import ARTV, artv_unet, init_artv_params
+from artv_jax.models.clip_text import CLIPTextModel
+from artv_jax.models.unet import UNet2DConditionModel
+from artv_jax.models.vae import AutoencoderKL, DiagonalGaussian
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32, optimiser updates done
+  params: Any  # ART·V parameters (float32 master weights)
+  opt_state: Any
+  ema_params: Any  # exponential moving average of params (params itself if EMA is off)
+  rng: jax.Array  # PRNG key for the next step
+
+
+class Models(NamedTuple):
+  """Everything fixed during training: modules, frozen weights, schedule, tokenizer."""
+  artv: ARTV
+  text_encoder: CLIPTextModel
+  vae: Optional[AutoencoderKL]  # None: latent_space == 'pixels'
+  tokenizer: Any  # transformers.CLIPTokenizer
+  schedule: Schedule
+  frozen_params: dict  # {'text_encoder': ..., 'vae': ...}, never updated
+  pretrained_unet: Optional[dict]  # SD UNet params to start from, None for from scratch
+  null_tokens: np.ndarray  # [L] token ids of the empty prompt (dropped text)
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+  if config.model.dtype not in names:
+    raise ValueError(f"config.model.dtype '{config.model.dtype}' is not one of {list(names)}.")
+  return names[config.model.dtype]
+
+
+def load_tokenizer(config: ml_collections.ConfigDict, workdir: str):
+  """The CLIP tokenizer of a from-scratch model (``config.model.tokenizer``).
+
+  'synthetic_shapes' writes the closed-vocabulary tokenizer of the synthetic data set into
+  ``workdir/tokenizer`` (every caption word one token); anything else is a tokenizer folder.
+  """
+  from transformers import CLIPTokenizer
+  path = config.model.tokenizer
+  if not path:
+    raise ValueError("config.model.tokenizer is empty: a model trained from scratch needs a "
+                     "CLIP tokenizer folder, or 'synthetic_shapes' (or set "
+                     "config.model.pretrained).")
+  if path == "synthetic_shapes":
+    from artv_jax.data import synthetic_shapes, word_tokenizer
+    path = os.path.join(workdir, "tokenizer")
+    word_tokenizer.write_word_tokenizer(
+        synthetic_shapes.all_captions(), path,
+        max_length=config.model.text_encoder.max_position_embeddings)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"config.model.tokenizer '{path}' is not a folder.")
+  return CLIPTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def build_models(config: ml_collections.ConfigDict, rng: jax.Array, workdir: str) -> Models:
+  """The networks, from converted SD weights (``model.pretrained``) or from scratch."""
+  from artv_jax.checkpoints import load_pretrained  # Heavy (tokenizer); only needed here.
+  dtype = compute_dtype(config)
+  m = config.model
+  if m.latent_space not in ("vae", "pixels"):
+    raise ValueError(f"config.model.latent_space '{m.latent_space}' is not 'vae' or 'pixels'.")
+  pretrained_unet = None
+  if m.pretrained:
+    sd = load_pretrained(m.pretrained, dtype=dtype)
+    unet, text_encoder, vae, tokenizer = sd.unet, sd.text_encoder, sd.vae, sd.tokenizer
+    unet = unet.clone(remat=m.remat)
+    schedule = schedule_from_config(sd.config["scheduler"])
+    frozen = {"text_encoder": sd.params["text_encoder"], "vae": sd.params["vae"]}
+    pretrained_unet = sd.params["unet"]
+  else:
+    tokenizer = load_tokenizer(config, workdir)
+    unet = UNet2DConditionModel.from_config(m.unet.to_dict(), dtype=dtype, remat=m.remat)
+    text_encoder = CLIPTextModel.from_config(m.text_encoder.to_dict(), dtype=dtype,
+                                             vocab_size=len(tokenizer))
+    vae = (AutoencoderKL.from_config(m.vae.to_dict(), dtype=dtype)
+           if m.latent_space == "vae" else None)
+    schedule = make_schedule()
+    text_rng, vae_rng = jax.random.split(rng)
+    ids = jnp.zeros((1, tokenizer.model_max_length), jnp.int32)
+    frozen = {"text_encoder": jax.jit(text_encoder.init)(text_rng, ids)["params"]}
+    if vae is not None:
+      size = config.data.resolution
+      frozen["vae"] = jax.jit(vae.init)(vae_rng, jnp.zeros((1, size, size, 3)))["params"]
+  if m.latent_space == "pixels":
+    vae = None
+    frozen.pop("vae", None)
+
+  latent_channels = 3 if vae is None else vae.latent_channels
+  if unet.in_channels != latent_channels:
+    raise ValueError(f"UNet in_channels={unet.in_channels} but latents have {latent_channels} "
+                     f"channels (latent_space='{m.latent_space}').")
+  artv = ARTV(
+      unet=artv_unet(unet, num_ref_frames=m.num_ref_frames, use_anchor=m.use_anchor,
+                     use_mask=m.use_mask, reference_pathway=m.reference_pathway),
+      latent_channels=latent_channels, num_ref_frames=m.num_ref_frames,
+      use_anchor=m.use_anchor, use_mask=m.use_mask,
+      use_ref_noise_embedding=m.use_ref_noise_embedding,
+      reference_pathway=m.reference_pathway, adapter_width_divisor=m.adapter_width_divisor)
+  null_tokens = tokenize(tokenizer, [""])[0]
+  return Models(artv, text_encoder, vae, tokenizer, schedule, frozen, pretrained_unet,
+                null_tokens)
+
+
+def tokenize(tokenizer, captions) -> np.ndarray:
+  """Captions -> [B, L] int32 token ids, padded/truncated to the tokenizer's max length."""
+  captions = [c.decode() if isinstance(c, bytes) else str(c) for c in captions]
+  return np.asarray(tokenizer(captions, padding="max_length", truncation=True,
+                              max_length=tokenizer.model_max_length)["input_ids"], np.int32)
+
+
+def latent_size(models: Models, resolution: int) -> int:
+  """Side of the latent of a resolution x resolution frame; checks divisibility."""
+  factor = 1 if models.vae is None else 2 ** (len(models.vae.block_out_channels) - 1)
+  unet_factor = 2 ** (len(models.artv.unet.block_out_channels) - 1)
+  if resolution % (factor * unet_factor):
+    raise ValueError(f"resolution {resolution} is not divisible by {factor * unet_factor} "
+                     f"(VAE down-sampling {factor} x UNet down-sampling {unet_factor}).")
+  return resolution // factor
+
+
+def trainable_labels(params: Any, trainable: str) -> Any:
+  """'train' / 'freeze' per parameter.
+
+  'unet': everything (the UNet and the new parts); 'new_and_attention': the new parts (adapter,
+  noise-level embedding, conv_in/conv_out) and the UNet's attention layers.
+  """
+  if trainable not in ("unet", "new_and_attention"):
+    raise ValueError(f"config.train.trainable '{trainable}' is not 'unet' or "
+                     "'new_and_attention'.")
+
+  def label(path: tuple[str, ...]) -> str:
+    if trainable == "unet" or path[0] != "unet":
+      return "train"
+    in_attention = any(p.startswith(("attn1", "attn2")) for p in path)
+    return "train" if in_attention or path[1] in ("conv_in", "conv_out") else "freeze"
+
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({path: label(path) for path in flat})
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  t = config.train
+  if t.lr_schedule == "constant":
+    after = optax.constant_schedule(t.learning_rate)
+  elif t.lr_schedule == "cosine":
+    after = optax.cosine_decay_schedule(t.learning_rate, max(1, t.num_steps - t.warmup_steps))
+  else:
+    raise ValueError(f"config.train.lr_schedule '{t.lr_schedule}' is not 'constant' or "
+                     "'cosine'.")
+  warmup = optax.linear_schedule(0.0, t.learning_rate, max(1, t.warmup_steps))
+  return optax.join_schedules([warmup, after], [t.warmup_steps])
+
+
+def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
+  """AdamW with warmup, global-norm clipping; frozen parameters get no update and no state."""
+  t = config.train
+  decay_mask = jax.tree.map(lambda p: p.ndim > 1, params)  # No decay on biases and norms.
+  adamw = optax.chain(
+      optax.clip_by_global_norm(t.grad_clip_norm),
+      optax.adamw(learning_rate_schedule(config), b2=t.adam_b2, weight_decay=t.weight_decay,
+                  mask=decay_mask))
+  return optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()},
+                               trainable_labels(params, t.trainable))
+
+
+def create_train_state(config: ml_collections.ConfigDict, models: Models,
+                       optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  init_rng, state_rng = jax.random.split(rng)
+  size = latent_size(models, config.data.resolution)
+  params = init_artv_params(models.artv, init_rng, (size, size), len(models.null_tokens),
+                            mask_bias=config.model.mask_bias_init,
+                            pretrained_unet=models.pretrained_unet)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params), ema_params=params, rng=state_rng)
+
+
+def encode_frames(models: Models, frozen: dict, frames: jax.Array, rng: jax.Array) -> jax.Array:
+  """frames [N, H, W, 3] in [-1, 1] -> latents [N, h, w, C] (scaled as the UNet expects)."""
+  if models.vae is None:
+    return frames.astype(jnp.float32)
+  posterior = models.vae.apply({"params": frozen["vae"]}, frames, method="encode")
+  return posterior.sample(rng) * models.vae.scaling_factor
+
+
+def batch_latents(models: Models, frozen: dict, batch: dict,
+                  rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Latents (target [B, h, w, C], refs [B, K, h, w, C], anchor [B, h, w, C]), scaled.
+
+  Encoded from the frames by the VAE or, from a pre-encoded data set (data/precompute.py),
+  drawn from the posterior moments the batch carries: the same draws either way.
+  """
+  suffix = "_moments" if "target_moments" in batch else ""
+  target, refs, anchor = (batch[name + suffix] for name in ("target", "refs", "anchor"))
+  b, k = refs.shape[:2]
+  stacked = jnp.concatenate([target, anchor, refs.reshape((b * k,) + refs.shape[2:])])
+  if suffix:
+    latents = DiagonalGaussian.from_moments(stacked).sample(rng) * models.vae.scaling_factor
+  else:
+    latents = encode_frames(models, frozen, stacked, rng)
+  latents = jax.lax.stop_gradient(latents)
+  return latents[:b], latents[2 * b:].reshape((b, k) + latents.shape[1:]), latents[b:2 * b]
+
+
+def batch_loss(params: Any, frozen: dict, batch: dict, rng: jax.Array, *, models: Models,
+               config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """Masked diffusion loss of a batch of frames and captions.
+
+  batch: 'target' [B, H, W, 3], 'refs' [B, K, H, W, 3], 'anchor' [B, H, W, 3] in [-1, 1],
+  'tokens' [B, L] int32; or, from a pre-encoded data set, 'target_moments' [B, h, w, 2C],
+  'refs_moments' [B, K, h, w, 2C], 'anchor_moments' [B, h, w, 2C], 'text_states' [B, L, D].
+  """
+  params, frozen = parallel.gather_params((params, frozen), mesh)
+  encode_rng, loss_rng = jax.random.split(rng)
+  target, refs, anchor = batch_latents(models, frozen, batch, encode_rng)
+  text_apply = lambda ids: models.text_encoder.apply({"params": frozen["text_encoder"]}, ids)
+  null_text = jax.lax.stop_gradient(text_apply(jnp.asarray(models.null_tokens)[None]))[0]
+  if "text_states" in batch:
+    text = batch["text_states"].astype(null_text.dtype)
+  else:
+    text = jax.lax.stop_gradient(text_apply(batch["tokens"]))
+
+  def predict(x_t, t, text, refs, anchor, levels, keep_refs):
+    return models.artv.apply({"params": params}, x_t, t, text, refs, anchor, levels, keep_refs)
+
+  d = config.diffusion
+  return masked_diffusion_loss(
+      predict, models.schedule, loss_rng, target, refs, anchor, text, null_text,
+      prediction_type=models.schedule.prediction_type,
+      max_ref_noise_level=d.max_ref_noise_level, p_drop_text=d.p_drop_text,
+      p_drop_refs=d.p_drop_refs, p_drop_both=d.p_drop_both)
+
+
+def train_step(state: TrainState, batch: dict, frozen: dict, *, models: Models,
+               optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict,
+               mesh: jax.sharding.Mesh) -> tuple[TrainState, dict]:
+  """One optimiser update over ``grad_accum_steps`` micro-batches of ``batch``.
+
+  ``metrics['finite']`` is 0 when the loss or the gradient norm is not finite; the loop then
+  stops the run before that state can reach a checkpoint.
+  """
+  rng, step_rng = jax.random.split(state.rng)
+  accum = config.train.grad_accum_steps
+  # Micro-batch j takes every accum-th example, so each one stays spread over all devices.
+  micro = jax.tree.map(
+      lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1), batch)
+  grad_fn = jax.value_and_grad(
+      functools.partial(batch_loss, models=models, config=config, mesh=mesh), has_aux=True)
+
+  def accumulate(carry, inputs):
+    grads, loss, mask_mean, unmasked = carry
+    mb, mb_rng = inputs
+    (l, aux), g = grad_fn(state.params, frozen, mb, mb_rng)
+    grads = jax.tree.map(jnp.add, grads, g)
+    return (grads, loss + l, mask_mean + aux.mask_mean, unmasked + aux.unmasked_loss), None
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  init = (zeros, 0.0, 0.0, 0.0)
+  (grads, loss, mask_mean, unmasked), _ = jax.lax.scan(
+      accumulate, init, (micro, jax.random.split(step_rng, accum)))
+  grads = jax.tree.map(lambda g: g / accum, grads)
+  loss, mask_mean, unmasked = loss / accum, mask_mean / accum, unmasked / accum
+
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = config.train.ema_decay
+  ema = (jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
+         if decay > 0 else params)
+  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema_params=ema, rng=rng)
+  metrics = {"loss": loss, "grad_norm": grad_norm, "mask_mean": mask_mean,
+             "unmasked_loss": unmasked, "learning_rate": learning_rate_schedule(config)(state.step),
+             "finite": (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32)}
+  return new_state, metrics
+
+
+class Trainer(NamedTuple):
+  """Everything a training loop needs: networks, the compiled sharded step, how to init."""
+  models: Models
+  step_fn: Callable  # (state, global batch, frozen) -> (state, metrics), jitted and sharded
+  init_fn: Callable  # () -> TrainState (unsharded; jit it with out_shardings=state_sharding)
+  abstract_state: TrainState  # shapes only
+  state_sharding: Any
+  frozen: dict  # frozen params (VAE, text encoder) placed on the mesh
+  mesh: jax.sharding.Mesh
+
+
+def make_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
+  """Builds the networks and jit(train_step) with NamedShardings over a (data, fsdp) mesh."""
+  _check_batch_config(config)
+  models_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  models = build_models(config, models_rng, workdir)
+  optimizer = make_optimizer(config, jax.eval_shape(
+      lambda: create_train_state(config, models, optax.identity(), state_rng).params))
+  init_fn = functools.partial(create_train_state, config, models, optimizer, state_rng)
+  abstract_state = jax.eval_shape(init_fn)
+
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+  min_size = config.mesh.min_shard_size
+  state_sharding = parallel.param_sharding(mesh, abstract_state, min_size)
+  frozen_params = models.frozen_params
+  if config.data.precomputed_dir:  # The step never runs the VAE: keep it off the devices.
+    frozen_params = {"text_encoder": frozen_params["text_encoder"]}
+  frozen_sharding = parallel.param_sharding(mesh, frozen_params, min_size)
+  step_fn = jax.jit(
+      functools.partial(train_step, models=models, optimizer=optimizer, config=config,
+                        mesh=mesh),
+      in_shardings=(state_sharding, parallel.batch_sharding(mesh), frozen_sharding),
+      out_shardings=(state_sharding, parallel.replicated(mesh)),
+      donate_argnums=(0,))
+  frozen = parallel.shard_pytree(frozen_params, frozen_sharding)
+  return Trainer(models, step_fn, init_fn, abstract_state, state_sharding, frozen, mesh)
+
+
+def to_model_batch(trainer: Trainer, batch: dict) -> dict:
+  """A host-local pipeline batch -> the global batch the train step takes (captions tokenized)."""
+  if "text_states" in batch:  # Pre-encoded (data/precompute.py).
+    batch = {key: batch[key] for key in ("target_moments", "refs_moments", "anchor_moments",
+                                         "text_states")}
+  else:
+    batch = {"target": batch["target"], "refs": batch["refs"], "anchor": batch["anchor"],
+             "tokens": tokenize(trainer.models.tokenizer, batch["caption"])}
+  return parallel.host_local_to_global(batch, trainer.mesh)
+
+
+def check_precomputed(builder, models: Models, config: ml_collections.ConfigDict) -> None:
+  """The pre-encoded data set (``config.data.precomputed_dir``) fits this run's VAE."""
+  metadata = builder.info.metadata
+  if models.vae is None:
+    raise ValueError("config.data.precomputed_dir holds VAE latents, but "
+                     "config.model.latent_space is 'pixels'; clear one of them.")
+  size = latent_size(models, config.data.resolution)
+  wanted = (size, size, 2 * models.vae.latent_channels), models.vae.scaling_factor
+  found = builder.info.features["moments"].shape[1:], metadata["scaling_factor"]
+  if found != wanted:
+    raise ValueError(
+        f"config.data.precomputed_dir={config.data.precomputed_dir} ({metadata['source']} "
+        f"encoded by {metadata['pretrained']}) has moments {found[0]} and scaling factor "
+        f"{found[1]}; this run needs {wanted[0]} and {wanted[1]}. Rerun python -m "
+        f"artv_jax.data.precompute with --pretrained={config.model.pretrained} and "
+        f"--resolution={config.data.resolution}.")
+
+
+def _check_batch_config(config: ml_collections.ConfigDict) -> None:
+  t = config.train
+  per_process = t.batch_size // jax.process_count()
+  if t.batch_size % jax.process_count() or per_process % t.grad_accum_steps:
+    raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the process "
+                     f"count ({jax.process_count()}) x grad_accum_steps ({t.grad_accum_steps}).")
+  if (t.batch_size // t.grad_accum_steps) % jax.device_count():
+    raise ValueError(f"micro-batch {t.batch_size // t.grad_accum_steps} is not divisible by "
+                     f"the {jax.device_count()} devices.")
+
+
+class _Preemption:
+  """Remembers a SIGTERM so the loop can checkpoint and stop at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (e.g. inside a test runner thread).
+      pass
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
+                                         enable_async_checkpointing=True, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer,
+                    data: pipeline.TrainIterator) -> TrainState:
+  """The latest checkpoint (state, and ``data`` moved to its position), else a fresh state."""
+  step = manager.latest_step()
+  if step is None:
+    return jax.jit(trainer.init_fn, out_shardings=trainer.state_sharding)()
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        trainer.abstract_state, trainer.state_sharding)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), data=pipeline.TrainIteratorRestore(data)))
+  logging.info("Resumed from step %d.", step)
+  return restored.state
+
+
+class MetricsLogger:
+  """Console, TensorBoard event files and ``metrics.jsonl`` (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
+    import tensorflow as tf  # Event files; TF is already a dependency of the input pipeline.
+    self._tf = tf
+    self._writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+  def scalars(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    with self._writer.as_default():
+      for name, value in metrics.items():
+        self._tf.summary.scalar(name, value, step=step)
+    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+    self._jsonl.flush()
+    logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+  def close(self) -> None:
+    if self.enabled:
+      self._writer.flush()
+      self._jsonl.close()
+
+
+def _raise_if_not_finite(metrics: Optional[dict], step: int,
+                         manager: ocp.CheckpointManager) -> None:
+  """Stops the run if the update that made step ``step`` had a non-finite loss/gradient."""
+  if metrics is None or bool(metrics["finite"]):
+    return
+  metrics = jax.device_get(metrics)
+  raise FloatingPointError(
+      f"non-finite loss ({float(metrics['loss'])}) or gradient norm "
+      f"({float(metrics['grad_norm'])}) at step {step}: the run stopped and the last "
+      f"good checkpoint (step {manager.latest_step()}) is kept. Lower the learning rate or "
+      "check the data.")
+
+
+def prepare_dataset(config: ml_collections.ConfigDict, workdir: str):
+  """The TFDS builder of ``config.data``: the pre-encoded one if set, else built by process 0
+  while the others wait."""
+  from jax.experimental import multihost_utils
+  d = config.data
+  if d.precomputed_dir:
+    from artv_jax.data import precompute
+    return precompute.load_encoded(d.precomputed_dir)
+  build = lambda: pipeline.make_builder(d.dataset, d.data_dir or os.path.join(workdir, "tfds"),
+                                        resolution=d.resolution,
+                                        manual_dir=d.manual_dir or None)
+  builder = build() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("artv_jax: data set prepared")
+  return builder or build()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains ART·V, resuming from the latest checkpoint in ``workdir``; returns the final state."""
+  from tqdm import tqdm
+
+  os.makedirs(workdir, exist_ok=True)
+  trainer = make_trainer(config, workdir)
+  d = config.data
+  builder = prepare_dataset(config, workdir)
+  if d.precomputed_dir:
+    check_precomputed(builder, trainer.models, config)
+  data = pipeline.make_train_iterator(
+      builder, global_batch_size=config.train.batch_size,
+      num_reference_frames=config.model.num_ref_frames, min_stride=d.min_stride,
+      max_stride=d.max_stride, shuffle_buffer_size=d.shuffle_buffer, seed=config.seed)
+  manager = checkpoint_manager(workdir, config)
+  state = restore_or_init(manager, trainer, data)
+
+  logger = MetricsLogger(workdir)
+  preemption = _Preemption()
+  start_step = int(jax.device_get(state.step))
+  num_steps = config.train.num_steps
+  progress = tqdm(total=num_steps, initial=start_step, disable=jax.process_index() != 0,
+                  desc="train", unit="step")
+  last_time, last_step = time.time(), start_step
+  step, pending = start_step, None
+  try:
+    while step < num_steps:
+      state, metrics = trainer.step_fn(state, to_model_batch(trainer, next(data)),
+                                       trainer.frozen)
+      # Checked one step late, so the device already has the next step queued.
+      _raise_if_not_finite(pending, step, manager)
+      step, pending = step + 1, metrics
+      progress.update(1)
+      preempted = preemption.requested or manager.reached_preemption(step)
+      if step % config.train.log_every == 0 or step == num_steps:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics.pop("finite")
+        now = time.time()
+        metrics["steps_per_sec"] = (step - last_step) / (now - last_time)
+        metrics["examples_per_sec"] = metrics["steps_per_sec"] * config.train.batch_size
+        last_time, last_step = now, step
+        logger.scalars(step, metrics)
+      if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
+        _raise_if_not_finite(pending, step, manager)
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=pipeline.TrainIteratorSave(data)))
+      if preempted:
+        logging.warning("Preemption requested: checkpointed step %d and stopping.", step)
+        break
+    _raise_if_not_finite(pending, step, manager)
+  finally:
+    manager.wait_until_finished()
+    progress.close()
+    logger.close()
+  return state
