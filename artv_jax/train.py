@@ -294,9 +294,11 @@ def train_step(state: TrainState, batch: dict, frozen: dict, *, models: Models,
   grad_norm = optax.global_norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  decay = config.train.ema_decay
+  # Warmed-up decay (as diffusers' EMAModel): a 0.9999 EMA would otherwise be mostly the
+  # initial weights for the first ~10k steps.
+  decay = jnp.minimum(config.train.ema_decay, (1.0 + state.step) / (10.0 + state.step))
   ema = (jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
-         if decay > 0 else params)
+         if config.train.ema_decay > 0 else params)
   new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                          ema_params=ema, rng=rng)
   metrics = {"loss": loss, "grad_norm": grad_norm, "mask_mean": mask_mean,

@@ -19,6 +19,7 @@ from artv_jax.diffusion.masked_loss import masked_prediction
 from artv_jax.diffusion.schedule import alpha_sigma, make_schedule
 from artv_jax.models.artv import ARTV, artv_unet
 from artv_jax.models.unet import UNet2DConditionModel
+from artv_jax.models.vae import AutoencoderKL
 
 LATENT = (8, 8, 3)  # pixel-space latents, as in the demo
 TEXT_LEN, TEXT_DIM = 4, 16
@@ -156,7 +157,6 @@ def test_scan_sampler_equals_python_loop(tiny, mode, num_given):
   assert_close_to_video(carry.refs, expected[::-1][:2])
 
 
-@pytest.mark.slow
 def test_dpm_solver_scan_equals_python_loop(tiny):
   model, params, schedule, table = tiny
   settings = sampling.SamplerSettings(num_steps=3, sampler="dpm_solver", text_scale=2.0,
@@ -189,7 +189,6 @@ class CompileCounter:
     jax.monitoring.unregister_event_duration_listener(self)
 
 
-@pytest.mark.slow
 def test_compilations_do_not_grow_with_video_length(tiny):
   model, params, schedule, table = tiny
   carry = sampling.initial_carry(LATENT, model.num_ref_frames, jax.random.key(6))
@@ -293,10 +292,31 @@ def test_generate_video_refuses_to_resume_other_settings(tiny, tmp_path):
 def test_generate_video_from_an_image_starts_with_it(tiny, tmp_path):
   image = np.zeros((1, 8, 8, 3), np.uint8)
   image[..., 0] = 255  # red
-  result = generate(tiny, tmp_path, 20, given_frames=image)
+  chunks = []
+  result = generate(tiny, tmp_path, 20, given_frames=image,
+                    on_frames=lambda first, frames: chunks.append((first, frames)))
   frames = read_mp4(result.video)
   assert frames.shape == (20, 8, 8, 3)
   np.testing.assert_allclose(frames[0].mean(axis=(0, 1)), [255, 0, 0], atol=20)
+  # on_frames gets the generated chunks (not the given image), before the video encoding.
+  assert [(first, f.shape, f.dtype) for first, f in chunks] == [
+      (1, (16, 8, 8, 3), np.uint8), (17, (3, 8, 8, 3), np.uint8)]
+
+
+def test_vae_codec_decodes_scaled_latents_frame_by_frame():
+  vae = AutoencoderKL.from_config(dict(block_out_channels=(8, 16), layers_per_block=1,
+                                       norm_num_groups=4, latent_channels=4))
+  shapes = jax.eval_shape(vae.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype),
+                        shapes)
+  codec = sampling.latent_codec(vae, params, batch_size=2)
+  frames = jnp.asarray(rng.uniform(-1, 1, (3, 8, 8, 3)), jnp.float32)
+  latents = codec.encode(frames)  # 3 frames in batches of 2: a remainder batch too
+  posterior = vae.apply({"params": params}, frames, method="encode")
+  np.testing.assert_allclose(latents, posterior.mode() * vae.scaling_factor, atol=1e-5)
+  decoded = vae.apply({"params": params}, latents / vae.scaling_factor, method="decode")
+  np.testing.assert_allclose(codec.decode(latents), decoded, atol=1e-5)
 
 
 _MEMORY_SCRIPT = """
