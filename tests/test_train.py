@@ -6,9 +6,15 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from flax import traverse_util
 
+from artv_jax import train
+from tests import tiny_config
 from tests.multihost_worker import launch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,23 +106,15 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
   assert process.returncode == 2, output[-3000:]
   assert "non-finite loss" in output
   assert "Traceback" not in output
-  import orbax.checkpoint as ocp
   steps = ocp.utils.checkpoint_steps(str(tmp_path / "checkpoints"))
   assert steps and max(steps) < 20
   state = ocp.StandardCheckpointer().restore(
       tmp_path / "checkpoints" / str(max(steps)) / "state")
-  assert all(np.isfinite(x).all() for x in _leaves(state["params"]))
-
-
-def _leaves(tree):
-  import jax
-  return jax.tree.leaves(tree)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
 
 @pytest.mark.slow
 def test_a_few_hundred_steps_lower_the_loss(tmp_path, data_dir):
-  from artv_jax import train
-  from tests import tiny_config
   config = tiny_config.get_config()
   config.data.data_dir = data_dir
   config.train.update(num_steps=300, checkpoint_every=300)
@@ -125,3 +123,30 @@ def test_a_few_hundred_steps_lower_the_loss(tmp_path, data_dir):
   first = np.mean([losses[s] for s in range(1, 21)])
   last = np.mean([losses[s] for s in range(281, 301)])
   assert last < 0.6 * first, (first, last)
+
+
+def test_new_and_attention_trains_only_new_parts_and_attention():
+  config = tiny_config.get_config()
+  config.train.update(trainable="new_and_attention", warmup_steps=0, weight_decay=0.0)
+  params = {"adapter": {"conv_in": {"kernel": jnp.ones((3, 3))}},
+            "unet": {"conv_in": {"kernel": jnp.ones((3, 3))},
+                     "down_blocks_1": {"attentions_0": {"transformer_blocks_0": {
+                         "attn2": {"to_k": {"kernel": jnp.ones((3, 3))}},
+                         "ff": {"net_2": {"kernel": jnp.ones((3, 3))}}}},
+                         "resnets_0": {"conv1": {"kernel": jnp.ones((3, 3))}}}}}
+  optimizer = train.make_optimizer(config, params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  moved = {"/".join(k): bool(jnp.any(v != 0))
+           for k, v in traverse_util.flatten_dict(updates).items()}
+  assert moved == {
+      "adapter/conv_in/kernel": True,
+      "unet/conv_in/kernel": True,
+      "unet/down_blocks_1/attentions_0/transformer_blocks_0/attn2/to_k/kernel": True,
+      "unet/down_blocks_1/attentions_0/transformer_blocks_0/ff/net_2/kernel": False,
+      "unet/down_blocks_1/resnets_0/conv1/kernel": False,
+  }
+  with pytest.raises(ValueError, match="trainable"):
+    config.train.trainable = "everything"
+    train.make_optimizer(config, params)
+
