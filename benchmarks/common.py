@@ -8,9 +8,12 @@ import os
 import time
 from typing import Any, Callable, Sequence
 
-# XLA:CPU settings the UNet benchmark found fastest on a 2-core AVX-512 machine (see the
-# closing note of benchmarks/unet_vs_diffusers.py). Empty: XLA's defaults were best.
-CPU_XLA_FLAGS: tuple[str, ...] = ()
+# XLA:CPU settings for training steps (measured with benchmarks/unet_vs_diffusers.py). By
+# default jaxlib 0.10 hands dots, convolutions, elementwise ops and reductions to YNNPACK;
+# its reductions ran the attention softmax and GroupNorm statistics about 10x slower than
+# XLA's own loops (the UNet step 2.5x slower), so only dots and convolutions go to YNNPACK.
+CPU_XLA_FLAGS: tuple[str, ...] = (
+    "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution",)
 
 
 def use_xla_cpu_flags(flags: Sequence[str] = CPU_XLA_FLAGS) -> str:

@@ -42,8 +42,8 @@ def _parse_args():
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--rounds", type=int, default=7,
                       help="timed steps per variant (interleaved); the median is reported")
-  parser.add_argument("--conv", choices=("auto", "native", "im2col"), default="auto",
-                      help="JAX convolution lowering (auto: im2col on CPU); for comparisons")
+  parser.add_argument("--im2col", action="store_true",
+                      help="lower every JAX convolution as im2col + matmul (for comparison)")
   parser.add_argument("--remat", action="store_true", help="gradient checkpointing per block")
   parser.add_argument("--xla-flags", default="", help="extra XLA_FLAGS, space separated")
   parser.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
@@ -64,7 +64,7 @@ def _inputs(batch: int, seed: int = 0):
       target=rng.standard_normal((batch, size, size, CONFIG["out_channels"]), np.float32))
 
 
-def _jax_step(torch_state_dict: dict, inputs: dict, remat: bool, conv: str):
+def _jax_step(torch_state_dict: dict, inputs: dict, remat: bool, im2col: bool):
   """Returns (step() -> blocks until done, the jitted step's FLOPs, forward(sample) [NHWC])."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -73,9 +73,10 @@ def _jax_step(torch_state_dict: dict, inputs: dict, remat: bool, conv: str):
 
   from artv_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
 
-  if conv != "auto":  # Every Conv2D inside takes the lowering asked for, while tracing.
-    conv2d, im2col = conv_lib.conv2d, conv == "im2col"
-    conv_lib.conv2d = lambda *a, **kw: conv2d(*a[:4], im2col=im2col)
+  if im2col:  # Every Conv2D inside takes the im2col lowering, while tracing.
+    conv2d = conv_lib.conv2d
+    conv_lib.conv2d = lambda x, kernel, strides, padding, _: conv2d(x, kernel, strides, padding,
+                                                                    im2col=True)
   model = UNet2DConditionModel.from_config(CONFIG, remat=remat)
   x, t, ctx = inputs["sample"], inputs["timesteps"], inputs["context"]
   shapes = jax.eval_shape(model.init, jax.random.key(0), x, t, ctx)["params"]
@@ -145,7 +146,7 @@ def main():
         f"{CONFIG['layers_per_block']}, heads={CONFIG['attention_head_dim']}, text "
         f"{TEXT_TOKENS}x{CONFIG['cross_attention_dim']}; batch {args.batch}, latents "
         f"{CONFIG['sample_size']}x{CONFIG['sample_size']}x{CONFIG['in_channels']}, fp32, "
-        f"remat={args.remat}, conv lowering {args.conv}")
+        f"remat={args.remat}, convolutions {'im2col' if args.im2col else 'native'}")
 
   torch.manual_seed(0)
   torch_model = diffusers.UNet2DConditionModel(**CONFIG).train()
@@ -155,7 +156,7 @@ def main():
   state_dict = {k: v.numpy() for k, v in torch_model.state_dict().items()}
   inputs = _inputs(args.batch)
 
-  jax_step, flops, jax_forward = _jax_step(state_dict, inputs, args.remat, args.conv)
+  jax_step, flops, jax_forward = _jax_step(state_dict, inputs, args.remat, args.im2col)
   with torch.no_grad():
     ref = torch_model(torch.from_numpy(inputs["sample"].transpose(0, 3, 1, 2).copy()),
                       torch.from_numpy(inputs["timesteps"]).long(),
