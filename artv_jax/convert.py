@@ -43,9 +43,7 @@ def convert(src: os.PathLike, dst: os.PathLike, *, config_from: Optional[str] = 
       the message says why.
   """
   dst = pathlib.Path(dst).absolute()
-  if dst.exists() and not overwrite and (not dst.is_dir() or any(dst.iterdir())):
-    raise sources.SourceError(f"--dst {dst} exists and is not empty; pass --overwrite to "
-                              f"replace it")
+  check_destination(dst, overwrite)
   print(f"reading {src}", flush=True)
   source = sources.read_source(src, config_from, tokenizer)
   networks = pretrained.build_networks(source.configs)
@@ -85,6 +83,13 @@ def _in_source_names(error: CheckpointMismatchError, name: str,
 def _summary(keys: list[str], shown: int = 8) -> str:
   keys = sorted(keys)
   return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def check_destination(dst: pathlib.Path, overwrite: bool) -> None:
+  """Refuses to replace a non-empty ``dst`` unless ``overwrite``, before any work is done."""
+  if dst.exists() and not overwrite and (not dst.is_dir() or any(dst.iterdir())):
+    raise sources.SourceError(f"--dst {dst} exists and is not empty; pass --overwrite to "
+                              f"replace it")
 
 
 def write_atomically(dst: pathlib.Path, write) -> None:

@@ -9,7 +9,6 @@ import os
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 from artv_jax import sampling, train
@@ -25,10 +24,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str):
     raise FileNotFoundError(
         f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
         "(--mode=train or --mode=train_and_sample) with the same --workdir.")
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        trainer.abstract_state, trainer.state_sharding)
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target))).state
+  state = train.restore_state(manager, trainer, step)
   logging.info("Sampling from the checkpoint of step %d.", step)
   return trainer, state.ema_params if config.sample.use_ema else state.params
 

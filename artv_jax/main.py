@@ -14,6 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from artv_jax import xla_flags
+
 MODES = ("train", "sample", "train_and_sample", "eval", "convert")
 
 FLAGS = flags.FLAGS
@@ -47,6 +49,7 @@ def run(argv) -> None:
     raise UsageError(f"--mode={FLAGS.mode} needs --config and --workdir.")
 
   from artv_jax import parallel
+  xla_flags.use_cpu_flags()
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
   from artv_jax import train

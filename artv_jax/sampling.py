@@ -72,6 +72,8 @@ class SamplerSettings:
     timestep_spacing: 'trailing' (starts at t = T − 1, from pure noise: best with few steps),
       'leading' or 'linspace'.
     prediction_type: what the network predicts, 'epsilon' or 'v_prediction'.
+    clip_x0: clip each step's x̂0 to [-1, 1]: for pixel-space models, whose frames live there
+      (guidance pushes x̂0 past the range, and the overshoot compounds from frame to frame).
   """
   num_steps: int
   sampler: str = "ddim"
@@ -82,6 +84,7 @@ class SamplerSettings:
   reset_anchor_on_prompt_change: bool = False
   timestep_spacing: str = "trailing"
   prediction_type: str = "epsilon"
+  clip_x0: bool = False
 
   def __post_init__(self):
     if self.sampler not in SAMPLERS:
@@ -99,7 +102,7 @@ class SamplerSettings:
                ref_noise_level=int(sample.ref_noise_level),
                reset_anchor_on_prompt_change=bool(sample.reset_anchor_on_prompt_change),
                timestep_spacing=sample.get("timestep_spacing", "trailing"),
-               prediction_type=prediction_type)
+               prediction_type=prediction_type, clip_x0=bool(sample.clip_x0))
 
   def timesteps(self, num_train_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """(timesteps, the timestep each step moves to), [num_steps] int32 each."""
@@ -268,11 +271,16 @@ def denoise_step(model: ARTV, params: Any, schedule: Schedule, settings: Sampler
   pred, mask = guided_prediction(model, params, schedule, settings, inputs, x_t, t)
   if settings.sampler == "ddim":
     noise = None if settings.eta == 0 else jax.random.normal(rng, x_t.shape, x_t.dtype)
-    x_next, _ = ddim_step(schedule, pred, t, t_next, x_t, eta=settings.eta, noise=noise,
-                          prediction_type=settings.prediction_type)
+    x_next, x0 = ddim_step(schedule, pred, t, t_next, x_t, eta=settings.eta, noise=noise,
+                           prediction_type=settings.prediction_type,
+                           clip_sample=settings.clip_x0)
+    # The last step ends at x̂0, not at DDIM's x at ᾱ_0 < 1: that keeps sqrt(1 − ᾱ_0) ≈ 3% of
+    # noise, which the next frame copies from its reference, so it compounds over a video.
+    x_next = jnp.where(t_next < 0, x0, x_next)
   else:
     x_next, solver_state = dpm_solver_step(schedule, solver_state, pred, t, t_next, x_t,
-                                           prediction_type=settings.prediction_type)
+                                           prediction_type=settings.prediction_type,
+                                           clip_sample=settings.clip_x0)
   return x_next, solver_state, jnp.mean(mask)
 
 

@@ -286,8 +286,15 @@ def train_step(state: TrainState, batch: dict, frozen: dict, *, models: Models,
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   init = (zeros, 0.0, 0.0, 0.0)
-  (grads, loss, mask_mean, unmasked), _ = jax.lax.scan(
-      accumulate, init, (micro, jax.random.split(step_rng, accum)))
+  micro_rngs = jax.random.split(step_rng, accum)
+  if accum == 1:
+    # Inside an XLA loop, XLA:CPU's convolution gradients miss its fast (YNNPACK) kernels and
+    # run 6-20x slower (benchmarks/train_step.py), so a single micro-batch takes no loop.
+    (grads, loss, mask_mean, unmasked), _ = accumulate(
+        init, jax.tree.map(lambda x: x[0], (micro, micro_rngs)))
+  else:
+    (grads, loss, mask_mean, unmasked), _ = jax.lax.scan(
+        accumulate, init, (micro, micro_rngs), unroll=jax.default_backend() == "cpu")
   grads = jax.tree.map(lambda g: g / accum, grads)
   loss, mask_mean, unmasked = loss / accum, mask_mean / accum, unmasked / accum
 
@@ -407,18 +414,27 @@ def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.C
                                options=options)
 
 
+def restore_state(manager: ocp.CheckpointManager, trainer: Trainer, step: int,
+                  data: Optional[pipeline.TrainIterator] = None) -> TrainState:
+  """The state of checkpoint ``step``, laid out on the trainer's mesh; with ``data``, the
+  input iterator is moved to the checkpoint's position too."""
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        trainer.abstract_state, trainer.state_sharding)
+  items = {"state": ocp.args.StandardRestore(target)}
+  if data is not None:
+    items["data"] = pipeline.TrainIteratorRestore(data)
+  return manager.restore(step, args=ocp.args.Composite(**items)).state
+
+
 def restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer,
                     data: pipeline.TrainIterator) -> TrainState:
   """The latest checkpoint (state, and ``data`` moved to its position), else a fresh state."""
   step = manager.latest_step()
   if step is None:
     return jax.jit(trainer.init_fn, out_shardings=trainer.state_sharding)()
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        trainer.abstract_state, trainer.state_sharding)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), data=pipeline.TrainIteratorRestore(data)))
+  state = restore_state(manager, trainer, step, data)
   logging.info("Resumed from step %d.", step)
-  return restored.state
+  return state
 
 
 class MetricsLogger:

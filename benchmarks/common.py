@@ -1,32 +1,16 @@
 """Timing helpers shared by the benchmarks: medians, the machine's matmul peak, XLA FLOPs.
 
-The benchmarks are scripts (``python benchmarks/NAME.py``), not tests. XLA reads
-``XLA_FLAGS`` once, when JAX starts its first backend, so a benchmark calls
-:func:`use_xla_cpu_flags` before it runs any JAX computation (importing jax is fine).
+The benchmarks are scripts (``python benchmarks/NAME.py``), not tests. Each sets the CPU XLA
+flags (:mod:`artv_jax.xla_flags`) before its first JAX computation, as ``main.py`` does.
 """
 import os
+import sys
 import time
 from typing import Any, Callable, Sequence
 
-# XLA:CPU settings for training steps (measured with benchmarks/unet_vs_diffusers.py). By
-# default jaxlib 0.10 hands dots, convolutions, elementwise ops and reductions to YNNPACK;
-# its reductions ran the attention softmax and GroupNorm statistics about 10x slower than
-# XLA's own loops (the UNet step 2.5x slower), so only dots and convolutions go to YNNPACK.
-CPU_XLA_FLAGS: tuple[str, ...] = (
-    "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution",)
-
-
-def use_xla_cpu_flags(flags: Sequence[str] = CPU_XLA_FLAGS) -> str:
-  """Appends ``flags`` to ``XLA_FLAGS`` and returns the result; a flag the user already set
-  keeps the user's value.
-
-  Must run before JAX's first computation: XLA reads the variable once, when it starts.
-  """
-  current = os.environ.get("XLA_FLAGS", "")
-  names = {f.split("=")[0] for f in current.split()}
-  added = [f for f in flags if f.split("=")[0] not in names]
-  os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
-  return os.environ["XLA_FLAGS"]
+# The benchmarks run as scripts: make the repository's artv_jax importable without installing.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from artv_jax import xla_flags  # noqa: E402,F401  pylint: disable=wrong-import-position
 
 
 def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:

@@ -11,8 +11,9 @@ speed of each relative to eager PyTorch, and each side's GFLOP/s as a fraction o
 machine's measured fp32 matmul peak. The FLOPs are XLA's cost analysis of the jitted step,
 used for both sides (the same math).
 
-XLA:CPU flags (``benchmarks/common.py:CPU_XLA_FLAGS``) are set below before JAX starts;
-``--xla-flags`` adds more. Timings on a shared machine are noisy: JAX and PyTorch steps are
+The XLA:CPU flags of :mod:`artv_jax.xla_flags` are set before JAX starts; ``--xla-flags``
+adds more, or overrides them (``--xla-flags=--xla_cpu_experimental_ynn_fusion_type=`` turns
+YNNPACK off). Timings on a shared machine are noisy: JAX and PyTorch steps are
 interleaved, round by round, so a load change hits both alike, and the script prints the
 load average before and after.
 """
@@ -20,12 +21,12 @@ import argparse
 import os
 import sys
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [_HERE, os.path.dirname(_HERE)]  # common.py, and artv_jax without installing.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# The SD UNet's channel layout scaled down (SD1: 320, 640, 1280, 1280; 8 heads; 768-wide
-# text) so that one step on 2 CPU cores takes about a second.
+# The SD UNet's layout (SD1: channels 320, 640, 1280, 1280; 768-wide text) scaled down 5x so
+# that a step takes a fraction of a second on 2 CPU cores. Heads are 32 wide at every level
+# (SD1's are 40-160, SD2's 64): SD1's fixed 8 heads on 64 channels would be 8 wide.
 CONFIG = dict(
     sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
     block_out_channels=(64, 128, 256, 256),
@@ -131,7 +132,9 @@ def _clone(model):
 
 def main():
   args = _parse_args()
-  flags = common.use_xla_cpu_flags(list(common.CPU_XLA_FLAGS) + args.xla_flags.split())
+  # The user's flags first: use_cpu_flags keeps a value already set.
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
+  flags = common.xla_flags.use_cpu_flags()
   import diffusers  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top

@@ -77,6 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
   sample.text_scale = 7.5  # s_txt of dual classifier-free guidance
   sample.ref_scale = 1.5  # s_ref
   sample.ref_noise_level = 50  # s at sampling time
+  sample.clip_x0 = False  # clip x̂0 to [-1, 1] at each step (pixel-space models)
   sample.chunk_frames = 16  # frames per compiled call (memory is flat in video length)
   sample.reset_anchor_on_prompt_change = False
   sample.use_ema = True

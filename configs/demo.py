@@ -31,24 +31,30 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.min_stride = 1
   config.data.max_stride = 2
   config.data.shuffle_buffer = 2_000
+  # A quarter of the examples train the text-to-image mode that makes frame 0.
+  config.diffusion.p_drop_refs = 0.25
 
   train = config.train
   train.batch_size = 8
-  train.num_steps = 1_200
+  train.num_steps = 5_000  # about 12 minutes on 2 CPU cores
   train.learning_rate = 1e-3
   train.warmup_steps = 100
   train.lr_schedule = "cosine"
   train.weight_decay = 0.0
   train.ema_decay = 0.999
   train.log_every = 50
-  train.checkpoint_every = 500
+  train.checkpoint_every = 1_000
 
   sample = config.sample
   sample.num_frames = 240
   sample.num_steps = 20
   sample.chunk_frames = 40
   sample.text_scale = 3.0
-  sample.ref_scale = 1.5
+  # Reference guidance above 1 extrapolates away from the unconditional image model, whose
+  # difference from the copied reference is noise in this small model: 8 frames on from a
+  # rendered frame, the background's RMS error was 0.12 at s_ref 1.0 and 0.44 at 1.5.
+  sample.ref_scale = 1.0
+  sample.clip_x0 = True  # pixels: the frames live in [-1, 1]
   sample.prompts = (
       (0, "a red circle moves right on a gray background"),
       (80, "a red circle moves down on a gray background"),

@@ -8,3 +8,7 @@ import tempfile
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "artv_jax_test_compilation_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+# The XLA:CPU flags main.py sets, so tests run the programs users run.
+from artv_jax import xla_flags  # pylint: disable=wrong-import-position
+xla_flags.use_cpu_flags()

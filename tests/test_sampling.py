@@ -75,8 +75,8 @@ def sample_config(num_frames: int, settings: sampling.SamplerSettings = SETTINGS
       num_frames=num_frames, num_steps=settings.num_steps, sampler=settings.sampler,
       eta=settings.eta, text_scale=settings.text_scale, ref_scale=settings.ref_scale,
       ref_noise_level=settings.ref_noise_level, chunk_frames=CHUNK,
-      reset_anchor_on_prompt_change=settings.reset_anchor_on_prompt_change, prompts=prompts,
-      fps=8, upscale=1))
+      reset_anchor_on_prompt_change=settings.reset_anchor_on_prompt_change,
+      clip_x0=settings.clip_x0, prompts=prompts, fps=8, upscale=1))
 
 
 def scan_video(model, params, schedule, settings, table, carry, num_frames):
@@ -167,6 +167,25 @@ def test_dpm_solver_scan_equals_python_loop(tiny):
   expected = sampling.sample_reference(model, params, schedule, settings, table, rng, 5,
                                        LATENT)
   assert_close_to_video(scanned, expected)
+
+
+@pytest.mark.parametrize("sampler", sampling.SAMPLERS)
+def test_a_frame_ends_at_the_clipped_x0_prediction_of_its_last_step(tiny, sampler):
+  """Not at DDIM's x at ᾱ_0 < 1, whose leftover noise the next frame would copy."""
+  model, params, schedule, table = tiny
+  settings = dataclasses.replace(SETTINGS, sampler=sampler, eta=0.0, clip_x0=True)
+  rngs = jax.random.split(jax.random.key(6), 3)
+  refs = jax.random.normal(rngs[0], (2,) + LATENT)
+  inputs = sampling.frame_inputs(schedule, settings, table.text[0], table.null_text, refs,
+                                 refs[0], jnp.asarray(False), rngs[1])
+  x_t, t = jax.random.normal(rngs[2], LATENT), jnp.int32(49)
+  x, _, _ = sampling.denoise_step(model, params, schedule, settings, inputs, x_t,
+                                  sampling.solver_init(settings, x_t), t, jnp.int32(-1), rngs[0])
+  pred, _ = sampling.guided_prediction(model, params, schedule, settings, inputs, x_t, t)
+  alpha, sigma = alpha_sigma(schedule, t)
+  x0 = (x_t - sigma * pred) / alpha
+  assert float(jnp.abs(x0).max()) > 1  # so the clip is tested
+  np.testing.assert_allclose(x, jnp.clip(x0, -1, 1), atol=1e-5)
 
 
 class CompileCounter:

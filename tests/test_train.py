@@ -1,4 +1,5 @@
 """The ART·V trainer: sharded steps agree with one device, runs resume exactly, loss falls."""
+import functools
 import json
 import os
 import signal
@@ -9,13 +10,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
 from artv_jax import train
 from tests import tiny_config
-from tests.multihost_worker import launch
+from tests.multihost_worker import artv_batch, launch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,6 +130,32 @@ def test_a_few_hundred_steps_lower_the_loss(tmp_path, data_dir):
   first = np.mean([losses[s] for s in range(1, 21)])
   last = np.mean([losses[s] for s in range(281, 301)])
   assert last < 0.6 * first, (first, last)
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_averages_the_micro_batch_gradients(tmp_path):
+  config = tiny_config.get_config()
+  config.train.update(batch_size=4, grad_accum_steps=2)
+  trainer = train.make_trainer(config, str(tmp_path))
+  state = jax.jit(trainer.init_fn)()
+  batch = train.to_model_batch(trainer, artv_batch(0, 4))
+
+  # Micro-batch j holds examples j, j + 2, ... and draws from the j-th key of the step's key.
+  _, step_rng = jax.random.split(state.rng)
+  loss_fn = functools.partial(train.batch_loss, models=trainer.models, config=config,
+                              mesh=trainer.mesh)
+  grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  results = [grad_fn(state.params, trainer.frozen, jax.tree.map(lambda x: x[j::2], batch), key)
+             for j, key in enumerate(jax.random.split(step_rng, 2))]
+  grads = jax.tree.map(lambda a, b: (a + b) / 2, results[0][1], results[1][1])
+  optimizer = train.make_optimizer(config, state.params)
+  updates, _ = optimizer.update(grads, state.opt_state, state.params)
+  expected = optax.apply_updates(state.params, updates)
+  stepped, metrics = trainer.step_fn(state, batch, trainer.frozen)  # donates state
+  np.testing.assert_allclose(float(metrics["loss"]),
+                             (float(results[0][0][0]) + float(results[1][0][0])) / 2, rtol=1e-5)
+  flat = lambda tree: {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+  _assert_params_close(flat(stepped.params), flat(expected), rtol=1e-5)
 
 
 def test_new_and_attention_trains_only_new_parts_and_attention():

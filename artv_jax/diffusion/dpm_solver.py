@@ -81,7 +81,8 @@ def dpm_solver_step(schedule: Schedule,
                     t_next: jax.Array,
                     x_t: jax.Array,
                     *,
-                    prediction_type: str) -> tuple[jax.Array, DPMSolverState]:
+                    prediction_type: str,
+                    clip_sample: bool = False) -> tuple[jax.Array, DPMSolverState]:
   """One DPM-Solver++(2M) step from x_t at timestep t to t_next.
 
   Args:
@@ -92,11 +93,15 @@ def dpm_solver_step(schedule: Schedule,
     t_next: [] int timestep to move to; negative for the clean sample (the last step).
     x_t: [B, H, W, C] current sample.
     prediction_type: 'epsilon' or 'v_prediction'.
+    clip_sample: clip x̂0 to [-1, 1] (for models of pixels; diffusers' nearest option is
+      its dynamic ``thresholding``).
 
   Returns:
     (x_next, state): the sample at t_next, and the state for the next step.
   """
   x0, _ = predict_x0_and_eps(schedule, model_output, x_t, t, prediction_type)
+  if clip_sample:
+    x0 = jnp.clip(x0, -1.0, 1.0)
   alpha_s0, sigma_s0 = alpha_sigma(schedule, t)
   alpha_t, sigma_t = _alpha_sigma_or_clean(schedule, t_next)
   alpha_s1, sigma_s1 = _alpha_sigma_or_clean(schedule, state.t)

@@ -39,7 +39,7 @@ import transformers
 
 from artv_jax.checkpoints import orbax_io, sources
 from artv_jax.checkpoints.rename import convert_state_dict
-from artv_jax.convert import write_atomically
+from artv_jax.convert import check_destination, write_atomically
 from artv_jax.models.clip_vision import CLIPModel
 from artv_jax.models.i3d import InceptionI3d
 
@@ -147,9 +147,7 @@ def convert(kind: str, src: os.PathLike, dst: os.PathLike, *,
       the message says why.
   """
   dst = pathlib.Path(dst).absolute()
-  if dst.exists() and not overwrite and (not dst.is_dir() or any(dst.iterdir())):
-    raise sources.SourceError(f"--dst {dst} exists and is not empty; pass --overwrite to "
-                              f"replace it")
+  check_destination(dst, overwrite)
   src = pathlib.Path(src)
   if not src.exists():
     raise sources.SourceError(f"--src {src} does not exist")

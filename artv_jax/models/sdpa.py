@@ -6,9 +6,10 @@ several passes over the [B, N, T, S] weights, and autodiff produces products con
 the major axis of those weights, which XLA:CPU's fast matmul (YNNPACK) does not take, so they
 fall back to a matmul several times slower. :func:`dot_product_attention` does the same
 math with a hand-written gradient whose products all have the layout the fast matmul takes,
-and normalises the softmax on the [T, D] output instead of the [T, S] weights (about 3x faster
-forward + backward than ``jax.nn.dot_product_attention`` on the SD UNet's 1024-token
-self-attention, 1.3x faster than PyTorch's flash attention kernel on one core).
+and normalises the softmax on the [T, D] output instead of the [T, S] weights. Forward +
+backward of 1024-token self-attention (2 x 2 heads of 32) on one core: 31 ms, against 112 ms
+for ``jax.nn.dot_product_attention`` and 23 ms for PyTorch's fused flash-attention kernel,
+which never writes the [T, S] weights to memory.
 """
 import jax
 import jax.numpy as jnp

@@ -108,13 +108,17 @@ class MidBlock(nn.Module):
     return resnet("resnets_1")(x)
 
 
-class DownEncoderBlock2D(nn.Module):
-  """``num_layers`` resnets, then (optionally) a stride-2 conv: [B, H, W, C_in] ->
-  [B, H/2, W/2, out_channels] (or [B, H, W, out_channels] without downsampling)."""
+class ResnetStage(nn.Module):
+  """One resolution of the encoder or decoder (diffusers' DownEncoderBlock2D /
+  UpDecoderBlock2D): ``num_layers`` resnets, then the resampler, if any.
+
+  [B, H, W, C_in] -> [B, H', W', out_channels], H' = H / 2 (resample 'down': stride-2 conv),
+  2H ('up': nearest upsampling and a conv) or H (None).
+  """
   out_channels: int
   num_layers: int
   groups: int
-  add_downsample: bool
+  resample: Optional[str] = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -123,27 +127,9 @@ class DownEncoderBlock2D(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for i in range(self.num_layers):
       x = ResnetBlock2D(self.out_channels, self.groups, _EPS, name=f"resnets_{i}", **kw)(x)
-    if self.add_downsample:
+    if self.resample == "down":
       x = Downsample2D(self.out_channels, asymmetric_padding=True, name="downsamplers_0", **kw)(x)
-    return x
-
-
-class UpDecoderBlock2D(nn.Module):
-  """``num_layers`` resnets, then (optionally) 2x nearest upsampling and a conv:
-  [B, H, W, C_in] -> [B, 2H, 2W, out_channels] (or [B, H, W, out_channels])."""
-  out_channels: int
-  num_layers: int
-  groups: int
-  add_upsample: bool
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    for i in range(self.num_layers):
-      x = ResnetBlock2D(self.out_channels, self.groups, _EPS, name=f"resnets_{i}", **kw)(x)
-    if self.add_upsample:
+    elif self.resample == "up":
       x = Upsample2D(self.out_channels, name="upsamplers_0", **kw)(x)
     return x
 
@@ -166,9 +152,9 @@ class Encoder(nn.Module):
     channels = self.block_out_channels
     x = Conv2D(channels[0], 3, padding=1, name="conv_in", **kw)(x)
     for i, out_channels in enumerate(channels):
-      x = DownEncoderBlock2D(out_channels, self.layers_per_block, self.groups,
-                             add_downsample=i < len(channels) - 1, name=f"down_blocks_{i}",
-                             **kw)(x)
+      x = ResnetStage(out_channels, self.layers_per_block, self.groups,
+                      resample="down" if i < len(channels) - 1 else None,
+                      name=f"down_blocks_{i}", **kw)(x)
     x = MidBlock(channels[-1], self.groups, self.add_attention, name="mid_block", **kw)(x)
     x = nn.silu(_group_norm(self.groups, "conv_norm_out", **kw)(x))
     out_channels = 2 * self.latent_channels if self.double_z else self.latent_channels
@@ -193,8 +179,9 @@ class Decoder(nn.Module):
     x = Conv2D(channels[0], 3, padding=1, name="conv_in", **kw)(z)
     x = MidBlock(channels[0], self.groups, self.add_attention, name="mid_block", **kw)(x)
     for i, out_channels in enumerate(channels):
-      x = UpDecoderBlock2D(out_channels, self.layers_per_block + 1, self.groups,
-                           add_upsample=i < len(channels) - 1, name=f"up_blocks_{i}", **kw)(x)
+      x = ResnetStage(out_channels, self.layers_per_block + 1, self.groups,
+                      resample="up" if i < len(channels) - 1 else None, name=f"up_blocks_{i}",
+                      **kw)(x)
     x = nn.silu(_group_norm(self.groups, "conv_norm_out", **kw)(x))
     return Conv2D(self.out_channels, 3, padding=1, name="conv_out", **kw)(x)
 

@@ -9,16 +9,9 @@ import torch
 from artv_jax.diffusion import ddim
 from artv_jax.diffusion import dpm_solver
 from artv_jax.diffusion import schedule as sched
+from tests.diffusion.stand_in_model import fake_model
 
 SHAPE = (2, 4, 4, 3)  # [B, H, W, C]
-
-
-def fake_model(x, t, xp):
-  """A deterministic stand-in for the UNet: a smooth elementwise function of (x_t, t).
-
-  Mostly x_t itself (the best ε guess for pure noise), so the x0 it implies stays unit scale.
-  """
-  return 0.97 * x + 0.1 * xp.sin(3 * x + t / 250)
 
 
 def _scheduler(**overrides):
