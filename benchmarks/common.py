@@ -10,7 +10,14 @@ from typing import Any, Callable, Sequence
 
 # The benchmarks run as scripts: make the repository's artv_jax importable without installing.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from artv_jax import xla_flags  # noqa: E402,F401  pylint: disable=wrong-import-position
+from artv_jax import xla_flags  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def use_cpu_flags(extra: str = "") -> str:
+  """Sets ``XLA_FLAGS`` for a benchmark: the user's ``extra`` flags (space separated) first,
+  then :mod:`artv_jax.xla_flags` for every flag they leave unset. Returns the result."""
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()
+  return xla_flags.use_cpu_flags()
 
 
 def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:

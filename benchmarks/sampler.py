@@ -98,7 +98,7 @@ def _build(config, latent_size: int, text_len: int):
 
 def main():
   args = _parse_args()
-  common.xla_flags.use_cpu_flags(common.xla_flags.CPU_FLAGS + tuple(args.xla_flags.split()))
+  common.use_cpu_flags(args.xla_flags)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from artv_jax import sampling  # pylint: disable=g-import-not-at-top

@@ -66,7 +66,7 @@ def main():
   parser.add_argument("--configs", default="small,medium")
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
-  print("XLA_FLAGS:", common.xla_flags.use_cpu_flags())
+  print("XLA_FLAGS:", common.use_cpu_flags())
   import jax
   print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, "
         f"load average {common.load_average():.1f}")

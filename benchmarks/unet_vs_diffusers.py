@@ -132,9 +132,7 @@ def _clone(model):
 
 def main():
   args = _parse_args()
-  # The user's flags first: use_cpu_flags keeps a value already set.
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
-  flags = common.xla_flags.use_cpu_flags()
+  flags = common.use_cpu_flags(args.xla_flags)
   import diffusers  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
