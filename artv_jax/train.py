@@ -25,7 +25,7 @@ from flax import traverse_util
 from artv_jax import parallel
 from artv_jax.data import pipeline
 from artv_jax.diffusion.masked_loss import masked_diffusion_loss
-from artv_jax.diffusion.schedule import Schedule, make_schedule, schedule_from_config
+from artv_jax.diffusion.schedule import SD_SCHEDULER_CONFIG, Schedule, schedule_from_config
 from artv_jax.models.artv import ARTV, artv_unet, init_artv_params
 from artv_jax.models.clip_text import CLIPTextModel
 from artv_jax.models.unet import UNet2DConditionModel
@@ -95,7 +95,7 @@ def build_models(config: ml_collections.ConfigDict, rng: jax.Array, workdir: str
     sd = load_pretrained(m.pretrained, dtype=dtype)
     unet, text_encoder, vae, tokenizer = sd.unet, sd.text_encoder, sd.vae, sd.tokenizer
     unet = unet.clone(remat=m.remat)
-    schedule = schedule_from_config(sd.config["scheduler"])
+    scheduler = sd.config["scheduler"]
     frozen = {"text_encoder": sd.params["text_encoder"], "vae": sd.params["vae"]}
     pretrained_unet = sd.params["unet"]
   else:
@@ -105,13 +105,14 @@ def build_models(config: ml_collections.ConfigDict, rng: jax.Array, workdir: str
                                              vocab_size=len(tokenizer))
     vae = (AutoencoderKL.from_config(m.vae.to_dict(), dtype=dtype)
            if m.latent_space == "vae" else None)
-    schedule = make_schedule()
+    scheduler = SD_SCHEDULER_CONFIG
     text_rng, vae_rng = jax.random.split(rng)
     ids = jnp.zeros((1, tokenizer.model_max_length), jnp.int32)
     frozen = {"text_encoder": jax.jit(text_encoder.init)(text_rng, ids)["params"]}
     if vae is not None:
       size = config.data.resolution
       frozen["vae"] = jax.jit(vae.init)(vae_rng, jnp.zeros((1, size, size, 3)))["params"]
+  schedule = make_schedule_with_overrides(scheduler, m.scheduler)
   if m.latent_space == "pixels":
     vae = None
     frozen.pop("vae", None)
@@ -120,16 +121,34 @@ def build_models(config: ml_collections.ConfigDict, rng: jax.Array, workdir: str
   if unet.in_channels != latent_channels:
     raise ValueError(f"UNet in_channels={unet.in_channels} but latents have {latent_channels} "
                      f"channels (latent_space='{m.latent_space}').")
-  artv = ARTV(
+  artv = make_artv(m, unet, latent_channels)
+  null_tokens = tokenize(tokenizer, [""])[0]
+  return Models(artv, text_encoder, vae, tokenizer, schedule, frozen, pretrained_unet,
+                null_tokens)
+
+
+def make_schedule_with_overrides(scheduler: dict,
+                                 overrides: ml_collections.ConfigDict) -> Schedule:
+  """The schedule of a diffusers scheduler config, with ``config.model.scheduler``'s set fields
+  (not empty, not 0) in place of its own."""
+  changed = {key: value for key, value in overrides.items() if value not in ("", 0, 0.0)}
+  try:
+    return schedule_from_config({**scheduler, **changed})
+  except ValueError as e:
+    raise ValueError(f"config.model.scheduler {changed}: {e}") from e
+
+
+def make_artv(model_config: ml_collections.ConfigDict, unet: UNet2DConditionModel,
+              latent_channels: int) -> ARTV:
+  """The ART·V network around ``unet`` that ``config.model`` describes."""
+  m = model_config
+  return ARTV(
       unet=artv_unet(unet, num_ref_frames=m.num_ref_frames, use_anchor=m.use_anchor,
                      use_mask=m.use_mask, reference_pathway=m.reference_pathway),
       latent_channels=latent_channels, num_ref_frames=m.num_ref_frames,
       use_anchor=m.use_anchor, use_mask=m.use_mask,
       use_ref_noise_embedding=m.use_ref_noise_embedding,
       reference_pathway=m.reference_pathway, adapter_width_divisor=m.adapter_width_divisor)
-  null_tokens = tokenize(tokenizer, [""])[0]
-  return Models(artv, text_encoder, vae, tokenizer, schedule, frozen, pretrained_unet,
-                null_tokens)
 
 
 def tokenize(tokenizer, captions) -> np.ndarray:
@@ -507,7 +526,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   data = pipeline.make_train_iterator(
       builder, global_batch_size=config.train.batch_size,
       num_reference_frames=config.model.num_ref_frames, min_stride=d.min_stride,
-      max_stride=d.max_stride, shuffle_buffer_size=d.shuffle_buffer, seed=config.seed)
+      max_stride=d.max_stride, max_anchor_strides=d.max_anchor_strides or None,
+      shuffle_buffer_size=d.shuffle_buffer, seed=config.seed)
   manager = checkpoint_manager(workdir, config)
   state = restore_or_init(manager, trainer, data)
 

@@ -7,7 +7,7 @@
 #   benchmarks/ablations.sh ROOT [--steps=N] [--frames=N] [--videos=N] [--only=a,b]
 #                                [-- EXTRA --config.* FLAGS FOR EVERY RUN]
 #
-#   --steps   training steps of every model (default: the configs' budget, demo's 2000)
+#   --steps   training steps of every model (default: the configs' budget, demo's 5000)
 #   --frames  frames per held-out video (default: config.eval.num_frames, 256)
 #   --videos  held-out videos per model (default: config.eval.num_videos, 10)
 #   --only    comma-separated subset of the models (the table still lists every model of ROOT

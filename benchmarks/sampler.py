@@ -67,19 +67,13 @@ def _build(config, latent_size: int, text_len: int):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from artv_jax.models.artv import ARTV, artv_unet  # pylint: disable=g-import-not-at-top
+  from artv_jax import train  # pylint: disable=g-import-not-at-top
   from artv_jax.models.unet import UNet2DConditionModel  # pylint: disable=g-import-not-at-top
   m = config.model
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[m.dtype]
   unet = UNet2DConditionModel.from_config(m.unet.to_dict(), dtype=dtype)
   channels = 3 if m.latent_space == "pixels" else unet.in_channels
-  model = ARTV(unet=artv_unet(unet, num_ref_frames=m.num_ref_frames, use_anchor=m.use_anchor,
-                              use_mask=m.use_mask, reference_pathway=m.reference_pathway),
-               latent_channels=channels, num_ref_frames=m.num_ref_frames,
-               use_anchor=m.use_anchor, use_mask=m.use_mask,
-               use_ref_noise_embedding=m.use_ref_noise_embedding,
-               reference_pathway=m.reference_pathway,
-               adapter_width_divisor=m.adapter_width_divisor)
+  model = train.make_artv(m, unet, channels)
   shape = (latent_size, latent_size, channels)
   inputs = (jnp.zeros((1,) + shape), jnp.zeros((1,), jnp.int32),
             jnp.zeros((1, text_len, unet.cross_attention_dim)),

@@ -25,7 +25,12 @@ def get_config() -> ml_collections.ConfigDict:
   model.use_mask = True  # masked diffusion (METHOD §2); False: plain AR diffusion
   model.use_ref_noise_embedding = True  # embed the reference noise level s into the time emb
   model.reference_pathway = "adapter"  # 'adapter' (T2I-Adapter style) or 'concat' (conv_in)
-  model.adapter_width_divisor = 4  # adapter channels = UNet block channels // this
+  model.adapter_width_divisor = 4
+  model.use_pooled_text_embedding = False  # mean text state into the time embedding (demo)  # adapter channels = UNet block channels // this
+  # Noise schedule: fields set here (not empty, not 0) replace the pretrained scheduler's; a
+  # model from scratch starts from SD's (scaled_linear 0.00085-0.012, epsilon).
+  model.scheduler = ml_collections.ConfigDict(dict(
+      beta_schedule="", beta_start=0.0, beta_end=0.0, prediction_type=""))
   model.mask_bias_init = 4.0  # initial mask logit: sigmoid(4) = 0.98, start as the image model
   model.dtype = "bfloat16"  # compute dtype; parameters stay float32
   model.remat = True  # gradient checkpointing of every UNet block
@@ -43,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.resolution = 256  # frames are resized (center crop) to this square size
   data.min_stride = 1  # frame stride sampled in [min_stride, max_stride]: the motion step
   data.max_stride = 4
+  data.max_anchor_strides = 0  # most strides from anchor to target; 0: the clip's length
   data.shuffle_buffer = 10_000
   # Output (--out) of python -m artv_jax.data.precompute: frames as VAE posterior moments and
   # captions as text states, encoded once by model.pretrained. Empty: encoded at every step.

@@ -35,6 +35,11 @@ def test_impossible_resolution_is_named(tmp_path):
   _assert_clean_failure(result, 2, ["resolution 35", "divisible"])
 
 
+def test_unknown_prediction_type_is_named(tmp_path):
+  result = _main(f"--workdir={tmp_path}", "--config.model.scheduler.prediction_type=x0")
+  _assert_clean_failure(result, 2, ["config.model.scheduler", "prediction_type 'x0'"])
+
+
 def test_sampling_without_a_checkpoint_says_train_first(tmp_path):
   result = _main(f"--workdir={tmp_path}", "--mode=sample")
   _assert_clean_failure(result, 2, ["no checkpoint", "train first"])

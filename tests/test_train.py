@@ -183,3 +183,16 @@ def test_new_and_attention_trains_only_new_parts_and_attention():
     config.train.trainable = "everything"
     train.make_optimizer(config, params)
 
+
+
+def test_a_model_from_scratch_takes_sd_s_schedule_with_the_configured_changes(tmp_path):
+  config = tiny_config.get_config()
+  config.model.scheduler.update(beta_schedule="", prediction_type="")
+  sd = train.build_models(config, jax.random.PRNGKey(0), str(tmp_path)).schedule
+  assert sd.prediction_type == "epsilon"
+  np.testing.assert_allclose(np.asarray(sd.betas)[[0, -1]], [0.00085, 0.012], rtol=1e-5)
+  config.model.scheduler.update(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                                prediction_type="v_prediction")
+  changed = train.build_models(config, jax.random.PRNGKey(0), str(tmp_path)).schedule
+  assert changed.prediction_type == "v_prediction"
+  np.testing.assert_allclose(np.asarray(changed.betas)[[0, -1]], [1e-4, 0.02], rtol=1e-5)

@@ -9,11 +9,13 @@ One training tuple, from one clip of T frames (METHOD.md, "anchor" and reference
   refs    target - s, ..., target - k*s   (most recent first; for n == k the
                                          oldest reference is the anchor)
 
-Clips shorter than k*min_stride + 1 frames are dropped. Each host reads its own
+A clip with a prompt schedule ("prompts" and their first frames "prompt_starts",
+as the synthetic clips that turn have) is captioned with the prompt of the target's
+segment. Clips shorter than k*min_stride + 1 frames are dropped. Each host reads its own
 disjoint slice of the split (`tfds.even_splits`), shuffles it, and yields batches of
 global_batch_size // process_count tuples, images scaled to float32 [-1, 1], NHWC.
 A data set pre-encoded by `data/precompute.py` gives the same tuples of VAE posterior
-moments instead of images, and the caption's text states.
+moments instead of images, and the text states of the target's prompt.
 
 Resuming: the position is tf.data's own iterator state (shuffle buffer, file
 offsets, prefetched batches, element counter). Every random choice is a stateless
@@ -87,7 +89,7 @@ class TrainIterator:
     refs:         [B, k, H, W, 3] float32, refs[:, j] is frame `ref_indices[:, j]`
                   = target_index - (j + 1) * stride (most recent first)
     anchor:       [B, H, W, 3] float32, frame `anchor_index`
-    caption:      [B] bytes
+    caption:      [B] bytes, the prompt of the target frame's segment
     stride:       [B] int32
     target_index: [B] int32
     ref_indices:  [B, k] int32
@@ -180,6 +182,8 @@ def make_train_iterator(
   encoded = "moments" in builder.info.features  # Written by data/precompute.py.
   frames_key, suffix = ("moments", "_moments") if encoded else ("frames", "")
   passed = ("caption", "text_states") if encoded else ("caption",)
+  scheduled = "prompt_starts" in builder.info.features  # Always so when encoded.
+  passed += ("prompts", "prompt_starts") if scheduled else ()
   num_frames, decode_frames = _frame_access(builder.info.features[frames_key])
   ds = builder.as_dataset(
       split=host_split,
@@ -211,6 +215,11 @@ def make_train_iterator(
     ref_indices = target_index - stride * tf.range(1, k + 1)
     indices = tf.concat([[target_index], ref_indices, [anchor_index]], 0)
     frames = decode_frames(ex["frames"], indices)  # [k + 2, H, W, C]
+    if scheduled:
+      segment = tf.reduce_sum(tf.cast(ex["prompt_starts"] <= target_index, tf.int32)) - 1
+      ex = {**ex, "caption": ex["prompts"][segment]}
+      if encoded:
+        ex["text_states"] = ex["text_states"][segment]
     if encoded:
       frames = tf.cast(frames, tf.float32)
       ex = {**ex, "text_states": tf.cast(ex["text_states"], tf.float32)}
@@ -220,7 +229,7 @@ def make_train_iterator(
         "target" + suffix: frames[0],
         "refs" + suffix: frames[1:k + 1],
         "anchor" + suffix: frames[k + 1],
-        **{key: ex[key] for key in passed},
+        **{key: ex[key] for key in passed if key not in ("prompts", "prompt_starts")},
         "stride": stride,
         "target_index": target_index,
         "ref_indices": ref_indices,

@@ -13,7 +13,10 @@ example per source clip:
                channels then log-variance channels (`vae.DiagonalGaussian.from_moments`),
                unscaled. The posterior, not one draw of it, so training still samples a new
                latent each time it sees a frame.
-  text_states  [L, D] the text encoder's last hidden state of the tokenized caption.
+  text_states  [S, L, D] the text encoder's last hidden state of each tokenized prompt.
+  prompts      [S] the clip's prompts: its caption, or its prompt schedule's prompts
+               (synthetic clips that turn), starting at frames
+  prompt_starts [S] int32.
   caption      the caption.
   source_id    the clip's TFDS id in the source data set.
 
@@ -131,7 +134,7 @@ class EncodedConfig(tfds.core.BuilderConfig):
   """What the encoded examples look like (set by `precompute` from the source and encoders)."""
   num_frames: Optional[int] = None  # Frames per clip; None: clips of varying length.
   moments_shape: tuple[int, int, int] = (32, 32, 8)  # (h, w, 2C) per frame
-  text_shape: tuple[int, int] = (77, 1024)  # (L, D) per caption
+  text_shape: tuple[int, int] = (77, 1024)  # (L, D) per prompt
   dtype: str = "float16"  # Storage dtype of moments and text states.
   source: str = ""  # The source data set, name/config:version.
   pretrained: str = ""  # The converted checkpoint whose networks encoded it.
@@ -147,8 +150,9 @@ class ArtvEncoded(tfds.core.GeneratorBasedBuilder):
   """
 
   name = "artv_encoded"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Text states of every prompt of a prompt schedule."}
 
   def __init__(self, *, source: tfds.core.DatasetBuilder, encoders: Encoders,
                batch_frames: int, **kwargs):
@@ -167,7 +171,10 @@ class ArtvEncoded(tfds.core.GeneratorBasedBuilder):
                 shape=(c.num_frames,) + tuple(c.moments_shape), dtype=dtype,
                 encoding=tfds.features.Encoding.BYTES),
             "text_states": tfds.features.Tensor(
-                shape=tuple(c.text_shape), dtype=dtype, encoding=tfds.features.Encoding.BYTES),
+                shape=(None,) + tuple(c.text_shape), dtype=dtype,
+                encoding=tfds.features.Encoding.BYTES),
+            "prompts": tfds.features.Sequence(tfds.features.Text()),
+            "prompt_starts": tfds.features.Sequence(np.int32),
             "caption": tfds.features.Text(),
             "source_id": tfds.features.Text(),
         }),
@@ -188,9 +195,12 @@ class ArtvEncoded(tfds.core.GeneratorBasedBuilder):
     for clip, moments in encode_clips(clips, self._encoders.frames, self._batch_frames):
       caption = clip["caption"].decode()
       source_id = clip["tfds_id"].decode()
+      prompts = [p.decode() for p in clip["prompts"]] if "prompts" in clip else [caption]
       yield source_id, {
           "moments": moments.astype(dtype),
-          "text_states": self._encoders.caption(caption).astype(dtype),
+          "text_states": np.stack([self._encoders.caption(p) for p in prompts]).astype(dtype),
+          "prompts": prompts,
+          "prompt_starts": np.asarray(clip.get("prompt_starts", [0]), np.int32),
           "caption": caption,
           "source_id": source_id,
       }

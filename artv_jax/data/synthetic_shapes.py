@@ -12,6 +12,10 @@ Conventions:
     (the frame is a torus): an object leaving on the right re-enters on the left, so
     a clip of any length keeps its caption true. "bounce" moves diagonally and
     reflects off the frame's edges.
+  * A directional clip may turn: at each of its `turns` the object takes a new
+    direction and the clip a new caption, so a clip carries a prompt schedule, as a
+    multi-prompt video does. Training on turns teaches a model to take the direction
+    from the text rather than from the motion of the frames before.
   * The background is static (a vertical brightness gradient plus a faint
     checkerboard), so appearance drift of the background is measurable and a
     perfect model can copy it from the reference frame.
@@ -95,6 +99,9 @@ class ClipSpec:
   size: float = 0.16  # Radius / half-extent, as a fraction of min(H, W).
   speed: float = 0.035  # Frame fractions per frame.
   bounce_angle: float = 45.0  # Degrees, direction of "bounce" (y down); else unused.
+  # (frame, direction): from that frame on, the object moves that way (directional
+  # motions only; frames increasing, > 0).
+  turns: tuple[tuple[int, str], ...] = ()
 
   def __post_init__(self):
     for value, allowed, what in ((self.color, COLORS, "colour"),
@@ -103,10 +110,27 @@ class ClipSpec:
                                  (self.background, BACKGROUNDS, "background")):
       if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; choose one of {list(allowed)}")
+    if self.turns and self.motion == "bounce":
+      raise ValueError("a bouncing object cannot turn; turns are for directional motions")
+    frames = [frame for frame, _ in self.turns]
+    if any(f <= 0 for f in frames) or frames != sorted(set(frames)):
+      raise ValueError(f"turn frames {frames} must be positive and increasing")
+    for _, direction in self.turns:
+      if direction not in _DIRECTIONS:
+        raise ValueError(f"unknown turn direction {direction!r}; choose one of "
+                         f"{list(_DIRECTIONS)}")
 
   @property
   def caption(self) -> str:
+    """The caption of the first frame (of the whole clip when it does not turn)."""
     return make_caption(self.color, self.shape, self.motion, self.background)
+
+  @property
+  def schedule(self) -> tuple[tuple[int, str], ...]:
+    """((start frame, caption), ...): the clip's prompt schedule, one entry per segment."""
+    return ((0, self.caption),) + tuple(
+        (frame, make_caption(self.color, self.shape, direction, self.background))
+        for frame, direction in self.turns)
 
   @property
   def heldout(self) -> bool:
@@ -173,28 +197,43 @@ def combinations(split: str) -> tuple[tuple[str, str, str], ...]:
   return TRAIN_COMBINATIONS if split == "train" else HELDOUT_COMBINATIONS
 
 
-def sample_spec(rng: np.random.Generator, split: str) -> ClipSpec:
-  """Draws a random clip of `split` (uniform over its triples and backgrounds)."""
+def sample_spec(rng: np.random.Generator, split: str, *, num_frames: int = 24,
+                turn_probability: float = 0.0) -> ClipSpec:
+  """Draws a random clip of `split` (uniform over its triples and backgrounds).
+
+  A directional clip turns once, with `turn_probability`, at a frame in the middle half of
+  its `num_frames`, to another direction whose triple is also in `split`.
+  """
   triples = combinations(split)
   color, shape, motion = triples[rng.integers(len(triples))]
   size = rng.uniform(*SIZE_RANGE)
   # A bouncing object must start fully inside the frame; wrapping ones anywhere.
   low = size if motion == "bounce" else 0.0
+  background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+  start_xy = tuple(float(v) for v in rng.uniform(low, 1.0 - low, size=2))
+  speed = float(rng.uniform(*SPEED_RANGE))
+  bounce_angle = float(rng.uniform(20.0, 70.0) + 90.0 * rng.integers(4))
+  turns = ()
+  new_directions = [d for d in _DIRECTIONS if d != motion and (color, shape, d) in triples]
+  if motion != "bounce" and new_directions and rng.uniform() < turn_probability:
+    frame = int(rng.integers(num_frames // 4, max(num_frames // 4, 3 * num_frames // 4) + 1))
+    turns = ((max(frame, 1), new_directions[rng.integers(len(new_directions))]),)
   return ClipSpec(
       color=color,
       shape=shape,
       motion=motion,
-      background=list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))],
-      start_xy=tuple(float(v) for v in rng.uniform(low, 1.0 - low, size=2)),
+      background=background,
+      start_xy=start_xy,
       size=float(size),
-      speed=float(rng.uniform(*SPEED_RANGE)),
+      speed=speed,
       # Steep or shallow, never axis-aligned, in any of the four quadrants.
-      bounce_angle=float(rng.uniform(20.0, 70.0) + 90.0 * rng.integers(4)),
+      bounce_angle=bounce_angle,
+      turns=turns,
   )
 
 
 def velocity_xy(spec: ClipSpec) -> tuple[float, float]:
-  """Initial velocity (x, y) in frame fractions per frame."""
+  """Initial velocity (x, y) in frame fractions per frame (before any turn)."""
   if spec.motion == "bounce":
     angle = math.radians(spec.bounce_angle)
     return spec.speed * math.cos(angle), spec.speed * math.sin(angle)
@@ -214,8 +253,13 @@ def trajectory(spec: ClipSpec, num_frames: int, height: int,
   t = np.arange(num_frames, dtype=np.float64)
   size = spec.size * min(height, width)
   center = []
-  for start, velocity, extent in zip(spec.start_xy, velocity_xy(spec), (width, height)):
-    position = start * extent + velocity * extent * t
+  for axis, (start, extent) in enumerate(zip(spec.start_xy, (width, height))):
+    if spec.motion == "bounce":
+      position = start * extent + velocity_xy(spec)[axis] * extent * t
+    else:
+      # Frame i moved from frame i - 1 the way frame i's segment says.
+      steps = np.array([_DIRECTIONS[motion_at(spec, i)][axis] for i in range(1, num_frames)])
+      position = start * extent + spec.speed * extent * np.concatenate([[0.0], np.cumsum(steps)])
     if spec.motion == "bounce":
       position = _reflect(position, size, extent - size)
     else:
@@ -229,6 +273,15 @@ def trajectory(spec: ClipSpec, num_frames: int, height: int,
       "center_xy": center,
       "size": np.full([num_frames], size, np.float32),
   }
+
+
+def motion_at(spec: ClipSpec, frame: int) -> str:
+  """The motion of `frame`'s segment."""
+  motion = spec.motion
+  for start, direction in spec.turns:
+    if frame >= start:
+      motion = direction
+  return motion
 
 
 def _reflect(position: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -303,10 +356,10 @@ class Clip:
 
 
 def generate_clip(seed: int, split: str, index: int, *, num_frames: int = 24,
-                  height: int = 32, width: int = 32) -> Clip:
+                  height: int = 32, width: int = 32, turn_probability: float = 0.0) -> Clip:
   """Clip number `index` of `split`: a pure function of its arguments."""
   combinations(split)  # Validates `split`.
   rng = np.random.default_rng((seed, SPLITS.index(split), index))
-  spec = sample_spec(rng, split)
+  spec = sample_spec(rng, split, num_frames=num_frames, turn_probability=turn_probability)
   frames, path = render_clip(spec, num_frames, height, width)
   return Clip(spec=spec, frames=frames, **path)

@@ -10,6 +10,11 @@ Splits: "train" (every colour/shape/motion triple except the held-out ones) and
 "heldout" (only `synthetic_shapes.HELDOUT_COMBINATIONS`). Clip `index` of a split is
 `synthetic_shapes.generate_clip(config.seed, split, index, ...)`, so evaluation can
 re-render any stored clip, at any length, from the stored index.
+
+Train clips may turn (`turn_probability`): such a clip has two prompts, "prompts" with
+their first frames in "prompt_starts", and the training pipeline captions each target
+frame with the prompt of its segment. "caption", "motion" and "velocity_xy" describe
+the first segment.
 """
 
 import dataclasses
@@ -27,6 +32,7 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
   num_frames: int = 24
   num_train: int = 4000  # Clips in the train split.
   num_heldout: int = 400  # Clips in the heldout split.
+  turn_probability: float = 0.5  # Train clips with a directional motion that turn once.
   seed: int = 0
 
 
@@ -34,8 +40,9 @@ class ArtvSyntheticShapes(tfds.core.GeneratorBasedBuilder):
   """Coloured shapes moving on a textured background, captioned."""
 
   name = "artv_synthetic_shapes"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Train clips may turn: 'prompts' and 'prompt_starts'."}
   BUILDER_CONFIGS = [
       SyntheticShapesConfig(name="32px", description="32x32, 24 frames."),
       SyntheticShapesConfig(name="64px", height=64, width=64,
@@ -53,6 +60,8 @@ class ArtvSyntheticShapes(tfds.core.GeneratorBasedBuilder):
                 shape=frames + (c.height, c.width, 3), dtype=np.uint8,
                 encoding=tfds.features.Encoding.ZLIB),
             "caption": tfds.features.Text(),
+            "prompts": tfds.features.Sequence(tfds.features.Text()),
+            "prompt_starts": tfds.features.Sequence(np.int32),
             "index": tfds.features.Scalar(dtype=np.int64),
             "color": tfds.features.ClassLabel(names=list(synthetic_shapes.COLORS)),
             "color_rgb": tfds.features.Tensor(shape=(3,), dtype=np.uint8),
@@ -83,12 +92,15 @@ class ArtvSyntheticShapes(tfds.core.GeneratorBasedBuilder):
     for index in range(num_clips):
       clip = synthetic_shapes.generate_clip(
           c.seed, split, index, num_frames=c.num_frames, height=c.height,
-          width=c.width)
+          width=c.width, turn_probability=c.turn_probability if split == "train" else 0.0)
       spec = clip.spec
+      starts, prompts = zip(*spec.schedule)
       vx, vy = synthetic_shapes.velocity_xy(spec)
       yield index, {
           "frames": clip.frames,
           "caption": spec.caption,
+          "prompts": list(prompts),
+          "prompt_starts": np.asarray(starts, np.int32),
           "index": index,
           "color": spec.color,
           "color_rgb": synthetic_shapes.COLORS[spec.color],

@@ -60,6 +60,12 @@ def _cosine_betas(num_train_steps: int, max_beta: float = 0.999) -> np.ndarray:
       for i in range(num_train_steps)])
 
 
+# Stable Diffusion 1.x/2.x's training schedule, as a diffusers scheduler config.
+SD_SCHEDULER_CONFIG = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                       "num_train_timesteps": 1000, "set_alpha_to_one": False,
+                       "prediction_type": "epsilon"}
+
+
 def make_schedule(beta_schedule: str = "scaled_linear",
                   beta_start: float = 0.00085,
                   beta_end: float = 0.012,

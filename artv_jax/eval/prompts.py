@@ -7,8 +7,8 @@ from 0 (see `artv_jax.sampling.parse_prompts`). Every schedule here is new to th
     split never shows), on a background cycling through `BACKGROUNDS`;
   * later segments keep the object and background and turn the motion by 90 degrees
     (clockwise for even-numbered schedules, counter-clockwise for odd ones); a bouncing object
-    first turns to "right". Training clips have one caption each, so no training clip ever
-    switches motion.
+    first turns to "right". Training clips turn at most once, and only between training
+    triples, so no training clip shows a held-out triple or a sequence of turns.
 
 Switches only go into directional motions: "bounce" needs the object fully inside the frame,
 which a wrapping object straddling an edge is not, so a switch into it has no continuous

@@ -1,5 +1,6 @@
 """Tests of the tf.data training pipeline: pairing, sharding, resumption."""
 
+import itertools
 import os
 
 import jax.numpy as jnp
@@ -80,7 +81,13 @@ def _check_pairing(batch, clips, min_stride, max_stride):
     for j, index in enumerate(batch["ref_indices"][i]):
       np.testing.assert_array_equal(batch["refs"][i, j], _scaled(frames[index]))
     np.testing.assert_array_equal(batch["anchor"][i], _scaled(frames[anchor]))
-    assert batch["caption"][i] == clip["caption"]
+    assert batch["caption"][i] == _target_caption(clip, target)
+
+
+def _target_caption(clip, target):
+  if "prompts" not in clip:
+    return clip["caption"]
+  return clip["prompts"][np.searchsorted(clip["prompt_starts"], target, side="right") - 1]
 
 
 def test_tuples_are_paired_by_the_sampled_stride(synthetic):
@@ -101,13 +108,25 @@ def test_target_follows_reference_on_the_ground_truth_trajectory(synthetic):
   for i, clip_id in enumerate(batch["clip_id"]):
     clip = clips[clip_id]
     motion = synthetic.info.features["motion"].int2str(clip["motion"])
-    if motion == "bounce":  # Reflections break the straight line.
+    if motion == "bounce" or len(clip["prompts"]) > 1:  # Bounces and turns bend the line.
       continue
     shift = (clip["center_xy"][batch["target_index"][i]]
              - clip["center_xy"][batch["ref_indices"][i, 0]])
     shift = np.mod(shift + 8.0, 16.0) - 8.0  # The 16x16 frame wraps around.
     np.testing.assert_allclose(shift, clip["velocity_xy"] * batch["stride"][i],
                                atol=1e-4)
+
+
+def test_caption_is_the_prompt_of_the_target_s_segment(synthetic):
+  clips = _clips(synthetic)
+  turned = 0
+  for batch in itertools.islice(_iterator(synthetic), 4):
+    for clip_id, caption, target in zip(batch["clip_id"], batch["caption"],
+                                        batch["target_index"]):
+      clip = clips[clip_id]
+      assert caption == _target_caption(clip, target)
+      turned += target >= clip["prompt_starts"][-1] > 0
+  assert turned  # Some targets lie after a turn.
 
 
 def test_video_feature_clips_are_paired_and_short_clips_dropped(webvid):

@@ -97,7 +97,7 @@ def encoded(command, out):
 
 
 def _encode_each_clip(model, source):
-  """{source TFDS id: (moments [T, h, w, 2C], text states [L, D])}, each clip encoded alone."""
+  """{source TFDS id: (moments [T, h, w, 2C], text states [S, L, D] of its S prompts)}."""
   result = {}
   for split in source.info.splits:
     ds = source.as_dataset(split=split, read_config=tfds.ReadConfig(add_tfds_id=True))
@@ -105,8 +105,8 @@ def _encode_each_clip(model, source):
       images = jnp.asarray(clip["frames"], jnp.float32) / 127.5 - 1.0
       posterior = model.vae.apply({"params": model.params["vae"]}, images, method="encode")
       moments = np.concatenate([posterior.mean, posterior.logvar], axis=-1)
-      ids = tokenize(model.tokenizer, [clip["caption"]])
-      text = model.text_encoder.apply({"params": model.params["text_encoder"]}, ids)[0]
+      ids = tokenize(model.tokenizer, clip["prompts"] if "prompts" in clip else [clip["caption"]])
+      text = model.text_encoder.apply({"params": model.params["text_encoder"]}, ids)
       result[clip["tfds_id"]] = (moments, np.asarray(text))
   return result
 
@@ -146,6 +146,14 @@ def test_text_states_are_the_text_encoder_output(encoded, expected):
                                  atol=1e-5)
 
 
+def test_each_prompt_of_a_clip_that_turns_is_encoded(encoded):
+  examples = list(_examples(encoded)["train"].values())
+  assert any(len(ex["prompts"]) == 2 for ex in examples)  # The source has clips that turn.
+  for ex in examples:
+    assert len(ex["text_states"]) == len(ex["prompts"]) == len(ex["prompt_starts"])
+    assert ex["prompts"][0] == ex["caption"] and ex["prompt_starts"][0] == 0
+
+
 def test_metadata_records_the_vae_scaling(encoded, model, sd, source):
   metadata = encoded.info.metadata
   assert metadata["scaling_factor"] == model.vae.scaling_factor
@@ -172,7 +180,14 @@ def _check_pairing(batch, encoded, expected):
     np.testing.assert_allclose(batch["refs_moments"][i], moments[batch["ref_indices"][i]], **tol)
     np.testing.assert_allclose(batch["anchor_moments"][i], moments[batch["anchor_index"][i]],
                                **tol)
-    np.testing.assert_allclose(batch["text_states"][i], text, **tol)
+    starts = [0] if len(text) == 1 else _source_starts(encoded, source_ids[clip_id])
+    segment = np.searchsorted(starts, target, side="right") - 1
+    np.testing.assert_allclose(batch["text_states"][i], text[segment], **tol)
+
+
+def _source_starts(encoded, source_id):
+  return next(ex["prompt_starts"] for ex in tfds.as_numpy(encoded.as_dataset(split="train"))
+              if ex["source_id"] == source_id)
 
 
 def test_pipeline_yields_paired_latent_tuples(encoded, expected):

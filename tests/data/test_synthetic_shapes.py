@@ -144,3 +144,38 @@ def test_background_is_static_away_from_the_object():
   far = np.maximum(dx, dy) > path["size"][:, None, None] + 1.0  # [T, H, W]
   assert far.mean() > 0.5
   np.testing.assert_array_equal(frames[far], np.broadcast_to(background, frames.shape)[far])
+
+
+def test_a_turning_object_moves_the_new_way_from_its_turn_frame():
+  spec = ss.ClipSpec(color="red", shape="circle", motion="right",
+                                   start_xy=(0.5, 0.5), speed=0.05, turns=((4, "down"),))
+  path = ss.trajectory(spec, 8, 40, 40)["center_xy"]
+  steps = np.diff(path, axis=0)  # steps[i]: frame i -> i + 1
+  np.testing.assert_allclose(steps[:3], [[2.0, 0.0]] * 3, atol=1e-4)
+  np.testing.assert_allclose(steps[3:], [[0.0, 2.0]] * 4, atol=1e-4)
+  assert spec.schedule == ((0, "a red circle moves right on a gray background"),
+                           (4, "a red circle moves down on a gray background"))
+
+
+def test_turns_stay_within_the_split_s_triples():
+  rng = np.random.default_rng(0)
+  specs = [ss.sample_spec(rng, "train", num_frames=24, turn_probability=1.0)
+           for _ in range(300)]
+  turned = [s for s in specs if s.turns]
+  assert len(turned) > 200
+  for spec in turned:
+    (frame, direction), = spec.turns
+    assert 6 <= frame <= 18 and direction != spec.motion
+    assert (spec.color, spec.shape, direction) in ss.TRAIN_COMBINATIONS
+
+
+@pytest.mark.parametrize("turns", [((0, "down"),), ((5, "down"), (3, "up")), ((4, "bounce"),)])
+def test_clip_spec_rejects_bad_turns(turns):
+  with pytest.raises(ValueError, match="turn"):
+    ss.ClipSpec(color="red", shape="circle", motion="right", turns=turns)
+
+
+def test_a_bouncing_object_cannot_turn():
+  with pytest.raises(ValueError, match="bouncing"):
+    ss.ClipSpec(color="red", shape="circle", motion="bounce",
+                              turns=((4, "down"),))

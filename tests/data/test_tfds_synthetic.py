@@ -43,7 +43,8 @@ def _triple(builder, example):
 
 def test_heldout_combinations_only_in_heldout_split(builder):
   heldout = set(synthetic_shapes.HELDOUT_COMBINATIONS)
-  train = {_triple(builder, ex) for ex in _examples(builder, "train")}
+  train = {tuple(synthetic_shapes.parse_caption(p.decode()).values())
+           for ex in _examples(builder, "train") for p in ex["prompts"]}
   assert not train & heldout
   assert {_triple(builder, ex) for ex in _examples(builder, "heldout")} <= heldout
 
@@ -52,14 +53,23 @@ def test_stored_clips_are_the_generator_s(builder):
   for split in ("train", "heldout"):
     for example in _examples(builder, split)[:5]:
       clip = synthetic_shapes.generate_clip(
-          TINY.seed, split, int(example["index"]), num_frames=10, height=16, width=24)
+          TINY.seed, split, int(example["index"]), num_frames=10, height=16, width=24,
+          turn_probability=TINY.turn_probability if split == "train" else 0.0)
       np.testing.assert_array_equal(example["frames"], clip.frames)
       np.testing.assert_array_equal(example["center_xy"], clip.center_xy)
       np.testing.assert_array_equal(example["size"], clip.size)
       assert example["caption"].decode() == clip.spec.caption
+      assert list(zip(example["prompt_starts"], [p.decode() for p in example["prompts"]])) == (
+          list(clip.spec.schedule))
       assert _triple(builder, example) == (clip.spec.color, clip.spec.shape,
                                            clip.spec.motion)
       np.testing.assert_array_equal(example["color_rgb"],
                                     synthetic_shapes.COLORS[clip.spec.color])
       vx, vy = synthetic_shapes.velocity_xy(clip.spec)
       np.testing.assert_allclose(example["velocity_xy"], [vx * 24, vy * 16], rtol=1e-6)
+
+
+def test_some_train_clips_turn_and_no_heldout_clip_does(builder):
+  segments = [len(ex["prompts"]) for ex in _examples(builder, "train")]
+  assert 1 in segments and 2 in segments
+  assert all(len(ex["prompts"]) == 1 for ex in _examples(builder, "heldout"))
