@@ -14,6 +14,8 @@ frames are scored as the sampler hands them over, before the lossy H.264 of the 
     results.md, results.json        the run's row: metrics averaged over the videos
     results_drift_<curve>.png       drift vs. frame 0 over time
     videos.md, videos.json, videos_drift_<curve>.png   the same, one row / line per video
+    mask_steps.png, mask_mean.png   the mask at each denoising step of one frame made from the
+                                    first held-out video's true first frame (eval/mask_trace.py)
 
 Standard metrics join the table when their feature network is configured (empty: skipped, and
 the report says so): ``config.eval.i3d`` gives FVD between 16-frame clips of the generated
@@ -30,13 +32,14 @@ import os
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from artv_jax import generate, sampling, train
+from artv_jax import generate, sampling, train, video_writer
 from artv_jax.data import synthetic_shapes
-from artv_jax.eval import clip_score, fvd, prompts, report, synthetic_metrics
+from artv_jax.eval import clip_score, fvd, mask_trace, prompts, report, synthetic_metrics
 from artv_jax.eval.convert_feature_nets import load_feature_net
 
 EVAL_DIR = "eval"
@@ -166,6 +169,29 @@ class FeatureMetrics:
     return metrics
 
 
+def write_mask_plots(trainer: train.Trainer, params: Any, config: ml_collections.ConfigDict,
+                     schedule: prompts.Schedule, eval_dir: str) -> tuple[dict[str, str], str]:
+  """The mask trace of frame 1 of ``schedule``'s ground truth (mask_trace.py): its plots'
+  paths and a note with the mean mask per step."""
+  size = config.data.resolution
+  first = prompts.render_schedule(schedule, 1, size, size)[0]
+  inputs = generate.video_inputs(trainer, config)
+  first_latent = inputs["codec"].encode(first.astype(np.float32) / 127.5 - 1.0)[0]
+  prompt = schedule[0][1]
+  models = trainer.models
+  settings = sampling.SamplerSettings.from_config(config.sample, models.schedule.prediction_type)
+  trace = mask_trace.mask_trace(models.artv, params, models.schedule, settings,
+                                sampling.encode_prompts(inputs["encode_text"], [(0, prompt)]),
+                                first_latent, jax.random.PRNGKey(config.seed))
+  generated = video_writer.to_uint8(inputs["codec"].decode(trace.latent[None]))[0]
+  paths = mask_trace.write_mask_plots(trace, first[0], generated, os.path.join(eval_dir, "mask"),
+                                      title=f"mask per step: {prompt}")
+  means = ", ".join(f"{m:.2f}" for m in trace.masks.mean(axis=(1, 2)))
+  note = (f"Mask M per denoising step (t = {trace.timesteps[0]} ... {trace.timesteps[-1]}) of "
+          f"frame 1 after the true frame 0 of '{prompt}', mean over pixels: {means}.")
+  return paths, note
+
+
 def _write_notes(markdown: str, notes: Sequence[str]) -> None:
   with open(markdown, "a", encoding="utf-8") as f:
     f.write("\n" + "".join(f"- {note}\n" for note in notes))
@@ -176,7 +202,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
 
   Returns:
     The paths ``report.write_report`` wrote for the run's results: {'markdown', 'json',
-    'drift/color', 'drift/size', 'drift/background'}.
+    'drift/color', 'drift/size', 'drift/background'}, and with a mask 'mask/steps',
+    'mask/mean'.
   """
   schedules = _check_config(config)
   features = FeatureMetrics(config)  # first: a wrong feature-net path fails fast
@@ -198,6 +225,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   run = os.path.basename(os.path.normpath(workdir))
   result = synthetic_metrics.aggregate(scores)
   result["metrics"].update(features.metrics())
+  mask_paths = {}
+  if config.model.use_mask:  # else M is 1 everywhere: nothing to see
+    mask_paths, mask_note = write_mask_plots(trainer, params, config, schedules[0], eval_dir)
+    features.notes.append(mask_note)
   description = (f"{len(schedules)} held-out videos of {e.num_frames} frames, "
                  f"{e.num_segments} prompts each, checkpoint step {step}")
   result.update(step=step, description=description, notes=features.notes,
@@ -215,7 +246,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
       f"{i}: " + " | ".join(f"{start}: {caption}" for start, caption in schedule)
       for i, schedule in enumerate(schedules)])
   logging.info("Wrote %s", paths["markdown"])
-  return paths
+  return {**paths, **{f"mask/{name}": path for name, path in mask_paths.items()}}
 
 
 def _load_results(workdir: str) -> dict[str, Any]:

@@ -50,6 +50,9 @@ def test_eval_writes_the_run_row_with_the_metrics_and_plots(evaluated):
   with open(paths["markdown"]) as f:
     markdown = f.read()
   assert "following/all" in markdown and "FVD: skipped" in markdown
+  assert "Mask M per denoising step" in markdown
+  for plot in ("mask/steps", "mask/mean"):
+    assert os.path.getsize(paths[plot]) > 0
 
 
 @pytest.mark.slow
