@@ -216,8 +216,8 @@ def sample_spec(rng: np.random.Generator, split: str, *, num_frames: int = 24,
   turns = ()
   new_directions = [d for d in _DIRECTIONS if d != motion and (color, shape, d) in triples]
   if motion != "bounce" and new_directions and rng.uniform() < turn_probability:
-    frame = int(rng.integers(num_frames // 4, max(num_frames // 4, 3 * num_frames // 4) + 1))
-    turns = ((max(frame, 1), new_directions[rng.integers(len(new_directions))]),)
+    frame = max(1, int(rng.integers(num_frames // 4, 3 * num_frames // 4 + 1)))
+    turns = ((frame, new_directions[rng.integers(len(new_directions))]),)
   return ClipSpec(
       color=color,
       shape=shape,
@@ -256,14 +256,12 @@ def trajectory(spec: ClipSpec, num_frames: int, height: int,
   for axis, (start, extent) in enumerate(zip(spec.start_xy, (width, height))):
     if spec.motion == "bounce":
       position = start * extent + velocity_xy(spec)[axis] * extent * t
+      position = _reflect(position, size, extent - size)
     else:
       # Frame i moved from frame i - 1 the way frame i's segment says.
       steps = np.array([_DIRECTIONS[motion_at(spec, i)][axis] for i in range(1, num_frames)])
-      position = start * extent + spec.speed * extent * np.concatenate([[0.0], np.cumsum(steps)])
-    if spec.motion == "bounce":
-      position = _reflect(position, size, extent - size)
-    else:
-      position = np.mod(position, extent)
+      distance = spec.speed * extent * np.concatenate([[0.0], np.cumsum(steps)])
+      position = np.mod(start * extent + distance, extent)
     center.append(position)
   center = np.stack(center, axis=-1).astype(np.float32)
   extent = np.array([width, height], np.float32)
