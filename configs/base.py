@@ -25,8 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.use_mask = True  # masked diffusion (METHOD §2); False: plain AR diffusion
   model.use_ref_noise_embedding = True  # embed the reference noise level s into the time emb
   model.reference_pathway = "adapter"  # 'adapter' (T2I-Adapter style) or 'concat' (conv_in)
-  model.adapter_width_divisor = 4
-  model.use_pooled_text_embedding = False  # mean text state into the time embedding (demo)  # adapter channels = UNet block channels // this
+  model.adapter_width_divisor = 4  # adapter channels = UNet block channels // this
   # Noise schedule: fields set here (not empty, not 0) replace the pretrained scheduler's; a
   # model from scratch starts from SD's (scaled_linear 0.00085-0.012, epsilon).
   model.scheduler = ml_collections.ConfigDict(dict(
