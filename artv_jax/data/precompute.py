@@ -13,10 +13,10 @@ example per source clip:
                channels then log-variance channels (`vae.DiagonalGaussian.from_moments`),
                unscaled. The posterior, not one draw of it, so training still samples a new
                latent each time it sees a frame.
-  text_states  [S, L, D] the text encoder's last hidden state of each tokenized prompt.
-  prompts      [S] the clip's prompts: its caption, or its prompt schedule's prompts
-               (synthetic clips that turn), starting at frames
-  prompt_starts [S] int32.
+  text_states  [S, L, D] the text encoder's last hidden state of each of the S prompts.
+  prompts      [S] the clip's prompts: its caption, or the prompts of its prompt schedule
+               (synthetic clips that turn).
+  prompt_starts [S] int32, the first frame of each prompt.
   caption      the caption.
   source_id    the clip's TFDS id in the source data set.
 
