@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from artv_jax.models.conv import Conv2D
+from artv_jax.models.dense import Dense
 from artv_jax.models.embeddings import timestep_features
 from artv_jax.models.unet import UNet2DConditionModel
 
@@ -125,9 +126,9 @@ class ARTV(nn.Module):
       time_dim = unet.time_embed_dim
       s = timestep_features(ref_noise_level, unet.block_out_channels[0],
                             flip_sin_to_cos=unet.flip_sin_to_cos, freq_shift=unet.freq_shift)
-      s = nn.silu(nn.Dense(time_dim, dtype=unet.dtype, param_dtype=unet.param_dtype,
+      s = nn.silu(Dense(time_dim, dtype=unet.dtype, param_dtype=unet.param_dtype,
                            name="ref_noise_embedding_linear_1")(s))
-      s = nn.Dense(time_dim, kernel_init=nn.initializers.zeros, dtype=unet.dtype,
+      s = Dense(time_dim, kernel_init=nn.initializers.zeros, dtype=unet.dtype,
                    param_dtype=unet.param_dtype, name="ref_noise_embedding_linear_2")(s)
       added_temb = s * keep[:, None]
 

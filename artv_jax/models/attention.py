@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from artv_jax.models.conv import Conv2D
+from artv_jax.models.dense import Dense
 from artv_jax.models.sdpa import dot_product_attention
 
 
@@ -36,7 +37,7 @@ class Attention(nn.Module):
   def __call__(self, x: jax.Array, context: Optional[jax.Array] = None) -> jax.Array:
     context = x if context is None else context
     inner = self.heads * self.dim_head
-    dense = lambda features, bias, name: nn.Dense(
+    dense = lambda features, bias, name: Dense(
         features, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     split_heads = lambda t: t.reshape(t.shape[:2] + (self.heads, self.dim_head))
     q = split_heads(dense(inner, self.qkv_bias, "to_q")(x))  # [B, T, N, D]
@@ -57,7 +58,7 @@ class GEGLU(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    value, gate = jnp.split(nn.Dense(2 * self.features, dtype=self.dtype,
+    value, gate = jnp.split(Dense(2 * self.features, dtype=self.dtype,
                                      param_dtype=self.param_dtype, name="proj")(x), 2, axis=-1)
     return value * nn.gelu(gate, approximate=False)
 
@@ -75,7 +76,7 @@ class FeedForward(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = GEGLU(self.dim * self.mult, name="net_0", **kw)(x)
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    return nn.Dense(self.dim, name="net_2", **kw)(h)
+    return Dense(self.dim, name="net_2", **kw)(h)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -126,7 +127,7 @@ class Transformer2DModel(nn.Module):
     b, h, w, c = x.shape
     inner = self.heads * self.dim_head
     proj = lambda features, name: (
-        nn.Dense(features, name=name, **kw) if self.use_linear_projection
+        Dense(features, name=name, **kw) if self.use_linear_projection
         else Conv2D(features, 1, name=name, **kw))
     residual = x
     x = nn.GroupNorm(self.norm_groups, epsilon=1e-6, use_fast_variance=False, name="norm",

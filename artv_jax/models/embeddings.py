@@ -5,6 +5,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from artv_jax.models.dense import Dense
+
 
 def timestep_features(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool,
                       freq_shift: float, max_period: float = 10000.0) -> jax.Array:
@@ -38,6 +40,6 @@ class TimestepEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    dense = lambda name: nn.Dense(self.features, dtype=self.dtype,
+    dense = lambda name: Dense(self.features, dtype=self.dtype,
                                   param_dtype=self.param_dtype, name=name)
     return dense("linear_2")(nn.silu(dense("linear_1")(x)))

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from artv_jax.models.conv import Conv2D
+from artv_jax.models.dense import Dense
 
 
 class ResnetBlock2D(nn.Module):
@@ -28,7 +29,7 @@ class ResnetBlock2D(nn.Module):
                                      name=name, **kw)
     h = Conv2D(self.out_channels, 3, padding=1, name="conv1", **kw)(nn.silu(norm("norm1")(x)))
     if temb is not None:
-      h = h + nn.Dense(self.out_channels, name="time_emb_proj", **kw)(nn.silu(temb))[:, None, None]
+      h = h + Dense(self.out_channels, name="time_emb_proj", **kw)(nn.silu(temb))[:, None, None]
     h = nn.silu(norm("norm2")(h))
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = Conv2D(self.out_channels, 3, padding=1, name="conv2", **kw)(h)

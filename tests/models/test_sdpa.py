@@ -4,12 +4,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from artv_jax.models import sdpa
 from artv_jax.models.sdpa import dot_product_attention
 
 SHAPES = [  # batch, query tokens, key tokens, heads, head width
     (2, 7, 7, 3, 8),  # Self-attention.
     (1, 9, 5, 2, 16),  # Cross-attention: fewer keys than queries.
+    (2, 32, 32, 2, 8),  # Split into query blocks by `blocked` below.
 ]
+
+
+@pytest.fixture(params=[False, True], ids=["whole", "blocked"])
+def blocked(request, monkeypatch):
+  if request.param:  # Blocks of 8 queries for the last shape (32 keys x 2 x 2 x 4 bytes each).
+    monkeypatch.setattr(sdpa, "BLOCK_BYTES", 8 * 32 * 2 * 2 * 4)
+  return request.param
+
+
+def test_query_block_size_halves_until_the_weights_fit():
+  assert sdpa.query_block_size(1024, 16 * 1024, 4 * 2**20) == 256
+  assert sdpa.query_block_size(256, 16 * 256, 4 * 2**20) == 256  # Fits whole.
+  assert sdpa.query_block_size(12, 1000, 1000) == 3  # Stops at an odd block.
 
 
 def _qkv(batch, tokens, keys, heads, width, dtype=np.float32):
@@ -25,14 +40,14 @@ def test_runs_the_cpu_form_here():
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_matches_jax_nn(shape):
+def test_matches_jax_nn(shape, blocked):
   q, k, v = _qkv(*shape)
   np.testing.assert_allclose(dot_product_attention(q, k, v),
                              jax.nn.dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradients_match_jax_nn(shape):
+def test_gradients_match_jax_nn(shape, blocked):
   q, k, v = _qkv(*shape)
   # A nonlinear loss, so the output cotangent differs from element to element.
   grads = lambda attend: jax.grad(lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v))),
