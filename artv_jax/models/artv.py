@@ -127,9 +127,9 @@ class ARTV(nn.Module):
       s = timestep_features(ref_noise_level, unet.block_out_channels[0],
                             flip_sin_to_cos=unet.flip_sin_to_cos, freq_shift=unet.freq_shift)
       s = nn.silu(Dense(time_dim, dtype=unet.dtype, param_dtype=unet.param_dtype,
-                           name="ref_noise_embedding_linear_1")(s))
+                        name="ref_noise_embedding_linear_1")(s))
       s = Dense(time_dim, kernel_init=nn.initializers.zeros, dtype=unet.dtype,
-                   param_dtype=unet.param_dtype, name="ref_noise_embedding_linear_2")(s)
+                param_dtype=unet.param_dtype, name="ref_noise_embedding_linear_2")(s)
       added_temb = s * keep[:, None]
 
     out = unet(x_t, t, text, added_time_embedding=added_temb,

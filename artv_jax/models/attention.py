@@ -59,7 +59,7 @@ class GEGLU(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     value, gate = jnp.split(Dense(2 * self.features, dtype=self.dtype,
-                                     param_dtype=self.param_dtype, name="proj")(x), 2, axis=-1)
+                                  param_dtype=self.param_dtype, name="proj")(x), 2, axis=-1)
     return value * nn.gelu(gate, approximate=False)
 
 

@@ -144,7 +144,7 @@ class CLIPVisionModelWithProjection(nn.Module):
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
     _, pooled = self.vision_model(pixel_values)
     return Dense(self.projection_dim, use_bias=False, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name="visual_projection")(pooled)
+                 param_dtype=self.param_dtype, name="visual_projection")(pooled)
 
 
 class CLIPModel(nn.Module):

@@ -7,16 +7,17 @@ own matmul instead of YNNPACK, 2-3x slower. Here the transpose of x is made expl
 is cheap next to the product) and kept apart from the product, so the product is an
 ordinary one. Elsewhere ``lax.dot_general`` is used as is.
 """
-import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 
 def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-  """``lax.dot_general`` for Dense's product (contract lhs's last axis with rhs's first)."""
-  if jax.default_backend() != "cpu":
+  """``lax.dot_general``, through :func:`_matmul` for Dense's product on CPU."""
+  dense_product = (((lhs.ndim - 1,), (0,)), ((), ()))
+  if (jax.default_backend() != "cpu" or dimension_numbers != dense_product
+      or precision is not None or preferred_element_type is not None):
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
   rows = lhs.reshape(-1, lhs.shape[-1])
@@ -42,4 +43,7 @@ def _matmul_bwd(residuals, d_y):
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
-Dense = functools.partial(nn.Dense, dot_general=_dot_general)
+
+class Dense(nn.Dense):
+  """``flax.linen.Dense`` (same attributes and parameters): [..., C_in] -> [..., features]."""
+  dot_general: Any = _dot_general

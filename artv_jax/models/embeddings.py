@@ -41,5 +41,5 @@ class TimestepEmbedding(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     dense = lambda name: Dense(self.features, dtype=self.dtype,
-                                  param_dtype=self.param_dtype, name=name)
+                               param_dtype=self.param_dtype, name=name)
     return dense("linear_2")(nn.silu(dense("linear_1")(x)))
