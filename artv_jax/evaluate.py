@@ -98,15 +98,14 @@ def _check_config(config: ml_collections.ConfigDict) -> tuple[prompts.Schedule, 
 
 def generate_heldout_video(trainer: train.Trainer, params: Any,
                            config: ml_collections.ConfigDict, schedule: prompts.Schedule,
-                           out_dir: str, seed: int) -> np.ndarray:
+                           out_dir: str, seed: int, inputs: dict) -> np.ndarray:
   """Generates one held-out video into out_dir (from scratch) and returns its frames
-  [T, H, W, 3] uint8 as the sampler made them."""
+  [T, H, W, 3] uint8 as the sampler made them. inputs: ``generate.video_inputs``."""
   chunks = []
   sampling.generate_video(
       trainer.models.artv, params, trainer.models.schedule, eval_sample_config(config, schedule),
       out_dir, seed=seed, resume=False,
-      on_frames=lambda first, frames: chunks.append(frames),
-      **generate.video_inputs(trainer, config))
+      on_frames=lambda first, frames: chunks.append(frames), **inputs)
   return np.concatenate(chunks)
 
 
@@ -170,12 +169,12 @@ class FeatureMetrics:
 
 
 def write_mask_plots(trainer: train.Trainer, params: Any, config: ml_collections.ConfigDict,
-                     schedule: prompts.Schedule, eval_dir: str) -> tuple[dict[str, str], str]:
+                     schedule: prompts.Schedule, eval_dir: str,
+                     inputs: dict) -> tuple[dict[str, str], str]:
   """The mask trace of frame 1 of ``schedule``'s ground truth (mask_trace.py): its plots'
-  paths and a note with the mean mask per step."""
+  paths and a note with the mean mask per step. inputs: ``generate.video_inputs``."""
   size = config.data.resolution
   first = prompts.render_schedule(schedule, 1, size, size)[0]
-  inputs = generate.video_inputs(trainer, config)
   first_latent = inputs["codec"].encode(first.astype(np.float32) / 127.5 - 1.0)[0]
   prompt = schedule[0][1]
   models = trainer.models
@@ -212,10 +211,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   step = manager.latest_step()
   manager.close()
   eval_dir = os.path.join(workdir, EVAL_DIR)
+  inputs = generate.video_inputs(trainer, config)
   scores = []
   for i, schedule in enumerate(schedules):
     frames = generate_heldout_video(trainer, params, config, schedule,
-                                    os.path.join(eval_dir, str(i)), seed=config.seed + i)
+                                    os.path.join(eval_dir, str(i)), config.seed + i, inputs)
     scores.append(synthetic_metrics.evaluate_video(frames, schedule))
     features.add(frames, schedule)
     logging.info("held-out video %d/%d: %s", i + 1, len(schedules),
@@ -227,7 +227,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   result["metrics"].update(features.metrics())
   mask_paths = {}
   if config.model.use_mask:  # else M is 1 everywhere: nothing to see
-    mask_paths, mask_note = write_mask_plots(trainer, params, config, schedules[0], eval_dir)
+    mask_paths, mask_note = write_mask_plots(trainer, params, config, schedules[0], eval_dir,
+                                             inputs)
     features.notes.append(mask_note)
   description = (f"{len(schedules)} held-out videos of {e.num_frames} frames, "
                  f"{e.num_segments} prompts each, checkpoint step {step}")

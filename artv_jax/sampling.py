@@ -267,7 +267,7 @@ def denoise_step(model: ARTV, params: Any, schedule: Schedule, settings: Sampler
                  inputs: FrameInputs, x_t: jax.Array, solver_state: Any, t: jax.Array,
                  t_next: jax.Array, rng: jax.Array) -> tuple[jax.Array, Any, jax.Array]:
   """One denoising step of one frame: x_t [h, w, C] at t -> (x at t_next, solver state,
-  mean mask of the (R, c) branch)."""
+  mask [h, w, 1] of the (R, c) branch)."""
   pred, mask = guided_prediction(model, params, schedule, settings, inputs, x_t, t)
   if settings.sampler == "ddim":
     noise = None if settings.eta == 0 else jax.random.normal(rng, x_t.shape, x_t.dtype)
@@ -281,7 +281,7 @@ def denoise_step(model: ARTV, params: Any, schedule: Schedule, settings: Sampler
     x_next, solver_state = dpm_solver_step(schedule, solver_state, pred, t, t_next, x_t,
                                            prediction_type=settings.prediction_type,
                                            clip_sample=settings.clip_x0)
-  return x_next, solver_state, jnp.mean(mask)
+  return x_next, solver_state, mask
 
 
 def advance(carry: Carry, latent: jax.Array, prompts: PromptTable,
@@ -311,10 +311,9 @@ def sample_frame(model: ARTV, params: Any, schedule: Schedule, settings: Sampler
   def step(state, xs):
     x, solver_state = state
     t, t_next, k = xs
-    x, solver_state, mask_mean = denoise_step(model, params, schedule, settings, inputs, x,
-                                              solver_state, t, t_next,
-                                              jax.random.fold_in(step_rng, k))
-    return (x, solver_state), mask_mean
+    x, solver_state, mask = denoise_step(model, params, schedule, settings, inputs, x,
+                                         solver_state, t, t_next, jax.random.fold_in(step_rng, k))
+    return (x, solver_state), jnp.mean(mask)
 
   (latent, _), mask_means = jax.lax.scan(
       step, (x_t, solver_init(settings, x_t)),

@@ -66,14 +66,14 @@ SD_SCHEDULER_CONFIG = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, 
                        "prediction_type": "epsilon"}
 
 
-def make_schedule(beta_schedule: str = "scaled_linear",
-                  beta_start: float = 0.00085,
-                  beta_end: float = 0.012,
-                  num_train_steps: int = 1000,
+def make_schedule(beta_schedule: str = SD_SCHEDULER_CONFIG["beta_schedule"],
+                  beta_start: float = SD_SCHEDULER_CONFIG["beta_start"],
+                  beta_end: float = SD_SCHEDULER_CONFIG["beta_end"],
+                  num_train_steps: int = SD_SCHEDULER_CONFIG["num_train_timesteps"],
                   *,
                   trained_betas=None,
-                  set_alpha_to_one: bool = False,
-                  prediction_type: str = "epsilon") -> Schedule:
+                  set_alpha_to_one: bool = SD_SCHEDULER_CONFIG["set_alpha_to_one"],
+                  prediction_type: str = SD_SCHEDULER_CONFIG["prediction_type"]) -> Schedule:
   """Builds a schedule; the defaults are Stable Diffusion 1.x/2.x's.
 
   The products are taken in float64 (as the original latent-diffusion code does) and stored as

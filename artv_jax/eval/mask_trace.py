@@ -32,7 +32,6 @@ class MaskTrace(NamedTuple):
   latent: np.ndarray  # [h, w, C] the generated frame's latent
 
 
-_guided = jax.jit(sampling.guided_prediction, static_argnums=(0, 3))
 _denoise = jax.jit(sampling.denoise_step, static_argnums=(0, 3))
 
 
@@ -53,11 +52,10 @@ def mask_trace(model: ARTV, params: Any, schedule: Schedule,
   timesteps, next_timesteps = settings.timesteps(schedule.num_train_steps)
   masks = []
   for k, (t, t_next) in enumerate(zip(timesteps, next_timesteps)):
-    _, mask = _guided(model, params, schedule, settings, inputs, x, jnp.int32(t))
+    x, solver_state, mask = _denoise(model, params, schedule, settings, inputs, x, solver_state,
+                                     jnp.int32(t), jnp.int32(t_next),
+                                     jax.random.fold_in(step_rng, k))
     masks.append(np.asarray(mask[..., 0]))
-    x, solver_state, _ = _denoise(model, params, schedule, settings, inputs, x, solver_state,
-                                  jnp.int32(t), jnp.int32(t_next),
-                                  jax.random.fold_in(step_rng, k))
   return MaskTrace(np.asarray(timesteps), np.stack(masks), np.asarray(x))
 
 
