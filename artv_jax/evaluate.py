@@ -38,7 +38,7 @@ import numpy as np
 from absl import logging
 
 from artv_jax import generate, sampling, train, video_writer
-from artv_jax.data import synthetic_shapes
+from artv_jax.data import synthetic_shapes, tfds_synthetic
 from artv_jax.eval import clip_score, fvd, mask_trace, prompts, report, synthetic_metrics
 from artv_jax.eval.convert_feature_nets import load_feature_net
 
@@ -72,12 +72,15 @@ def fvd_clips(frames: np.ndarray, length: int) -> np.ndarray:
   return frames[:count * length].reshape((count, length) + frames.shape[1:])
 
 
-def heldout_clips(indices: Sequence[int], length: int, resolution: int,
-                  seed: int) -> np.ndarray:
-  """Clips of the synthetic data set's held-out split: [len(indices), length, R, R, 3]."""
+def heldout_clips(indices: Sequence[int], length: int, resolution: int, seed: int,
+                  variant: str = "") -> np.ndarray:
+  """Clips of the synthetic data set's held-out split (of clip mix ``variant``):
+  [len(indices), length, R, R, 3]."""
+  distribution = tfds_synthetic.builder_config(resolution, variant).distribution()
   return np.stack([
       synthetic_shapes.generate_clip(seed, "heldout", index, num_frames=length,
-                                     height=resolution, width=resolution).frames
+                                     height=resolution, width=resolution,
+                                     **distribution).frames
       for index in indices])
 
 
@@ -89,7 +92,8 @@ def _check_config(config: ml_collections.ConfigDict) -> tuple[prompts.Schedule, 
         f"config.data.dataset is '{config.data.dataset}'; evaluate a model trained on "
         "'synthetic_shapes' (configs/demo.py, configs/ablations/).")
   e = config.eval
-  schedules = prompts.heldout_schedules(e.num_frames, e.num_segments)
+  trained_on = tfds_synthetic.builder_config(config.data.resolution, config.data.variant)
+  schedules = prompts.heldout_schedules(e.num_frames, e.num_segments, trained_on.backgrounds)
   if not 1 <= e.num_videos <= len(schedules):
     raise ValueError(f"config.eval.num_videos={e.num_videos} must be in [1, "
                      f"{len(schedules)}] (one video per held-out colour/shape/motion triple).")
@@ -157,7 +161,8 @@ class FeatureMetrics:
       # The same batch shape as the generated clips: one compilation.
       real = fvd.video_statistics(self._i3d, (
           heldout_clips(range(start, start + per_batch), fvd.FVD_NUM_FRAMES,
-                        self._config.data.resolution, self._config.seed)
+                        self._config.data.resolution, self._config.seed,
+                        self._config.data.variant)
           for start in range(0, count, per_batch)))
       metrics["fvd"] = fvd.fvd(real, self._generated)
       self.notes.append(f"FVD: {count} generated {fvd.FVD_NUM_FRAMES}-frame clips against "

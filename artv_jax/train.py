@@ -148,7 +148,8 @@ def make_artv(model_config: ml_collections.ConfigDict, unet: UNet2DConditionMode
       latent_channels=latent_channels, num_ref_frames=m.num_ref_frames,
       use_anchor=m.use_anchor, use_mask=m.use_mask,
       use_ref_noise_embedding=m.use_ref_noise_embedding,
-      reference_pathway=m.reference_pathway, adapter_width_divisor=m.adapter_width_divisor)
+      reference_pathway=m.reference_pathway, adapter_width_divisor=m.adapter_width_divisor,
+      use_text_time_embedding=m.use_text_time_embedding)
 
 
 def tokenize(tokenizer, captions) -> np.ndarray:
@@ -277,7 +278,8 @@ def batch_loss(params: Any, frozen: dict, batch: dict, rng: jax.Array, *, models
       predict, models.schedule, loss_rng, target, refs, anchor, text, null_text,
       prediction_type=models.schedule.prediction_type,
       max_ref_noise_level=d.max_ref_noise_level, p_drop_text=d.p_drop_text,
-      p_drop_refs=d.p_drop_refs, p_drop_both=d.p_drop_both)
+      p_drop_refs=d.p_drop_refs, p_drop_both=d.p_drop_both,
+      unmasked_loss_weight=d.unmasked_loss_weight)
 
 
 def train_step(state: TrainState, batch: dict, frozen: dict, *, models: Models,
@@ -507,7 +509,7 @@ def prepare_dataset(config: ml_collections.ConfigDict, workdir: str):
     return precompute.load_encoded(d.precomputed_dir)
   build = lambda: pipeline.make_builder(d.dataset, d.data_dir or os.path.join(workdir, "tfds"),
                                         resolution=d.resolution,
-                                        manual_dir=d.manual_dir or None)
+                                        manual_dir=d.manual_dir or None, variant=d.variant)
   builder = build() if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices("artv_jax: data set prepared")
   return builder or build()

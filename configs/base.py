@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.use_ref_noise_embedding = True  # embed the reference noise level s into the time emb
   model.reference_pathway = "adapter"  # 'adapter' (T2I-Adapter style) or 'concat' (conv_in)
   model.adapter_width_divisor = 4  # adapter channels = UNet block channels // this
+  # Pooled text states added to the time embedding (zero-initialised): a global text pathway
+  # beside cross-attention, for models trained from scratch.
+  model.use_text_time_embedding = False
   # Noise schedule: fields set here (not empty, not 0) replace the pretrained scheduler's; a
   # model from scratch starts from SD's (scaled_linear 0.00085-0.012, epsilon).
   model.scheduler = ml_collections.ConfigDict(dict(
@@ -39,11 +42,14 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.p_drop_text = 0.1  # CFG: drop only the text
   diffusion.p_drop_refs = 0.1  # CFG: drop only references + anchor
   diffusion.p_drop_both = 0.05  # CFG: drop both (pure unconditional)
+  # Weight of the network's own (unmasked) loss beside the masked one; 0 is the paper's loss.
+  diffusion.unmasked_loss_weight = 0.0
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "webvid"  # 'webvid' (TFDS builder over CSV + videos) or 'synthetic_shapes'
   data.data_dir = ""  # TFDS data_dir
   data.manual_dir = ""  # webvid: folder with the CSV and the videos
+  data.variant = ""  # synthetic_shapes: a predefined clip mix ('demo'); empty: the standard one
   data.resolution = 256  # frames are resized (center crop) to this square size
   data.min_stride = 1  # frame stride sampled in [min_stride, max_stride]: the motion step
   data.max_stride = 4

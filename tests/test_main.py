@@ -54,7 +54,9 @@ def test_convert_without_source_is_named(tmp_path):
 def test_train_and_sample_writes_checkpoints_and_a_video(tmp_path):
   from artv_jax.data import pipeline
   data_dir = tmp_path / "tfds"
-  pipeline.make_builder("synthetic_shapes", str(data_dir), resolution=32)
+  from tests import tiny_config
+  pipeline.make_builder("synthetic_shapes", str(data_dir), resolution=32,
+                        variant=tiny_config.get_config().data.variant)
   result = _main(f"--workdir={tmp_path}", "--mode=train_and_sample",
                  f"--config.data.data_dir={data_dir}", "--config.train.num_steps=2",
                  "--config.train.checkpoint_every=2")

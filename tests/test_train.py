@@ -61,7 +61,8 @@ def data_dir(tmp_path_factory):
   """The 32px synthetic data set, built once for every run of this module."""
   from artv_jax.data import pipeline
   path = str(tmp_path_factory.mktemp("tfds"))
-  pipeline.make_builder("synthetic_shapes", path, resolution=32)
+  pipeline.make_builder("synthetic_shapes", path, resolution=32,
+                        variant=tiny_config.get_config().data.variant)
   return path
 
 

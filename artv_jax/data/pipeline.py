@@ -50,7 +50,7 @@ DATASETS = ("synthetic_shapes", "webvid")
 
 
 def make_builder(dataset: str, data_dir: str, *, resolution: int,
-                 manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
+                 manual_dir: str | None = None, variant: str = "") -> tfds.core.DatasetBuilder:
   """The builder of `dataset` at square `resolution`, built into data_dir if needed.
 
   Args:
@@ -60,11 +60,15 @@ def make_builder(dataset: str, data_dir: str, *, resolution: int,
     resolution: frame height and width in pixels.
     manual_dir: webvid only: the folder with the CSVs and the videos (needed
       only to build).
+    variant: synthetic_shapes only: a predefined clip mix, the builder config
+      "{resolution}px_{variant}" (e.g. "demo"); empty: the standard one.
   """
+  if variant and dataset != "synthetic_shapes":
+    raise ValueError(f"a data set variant ({variant!r}) exists only for synthetic_shapes, "
+                     f"not {dataset!r}")
   if dataset == "synthetic_shapes":
     builder_cls = tfds_synthetic.ArtvSyntheticShapes
-    config = tfds_synthetic.SyntheticShapesConfig(
-        name=f"{resolution}px", height=resolution, width=resolution)
+    config = tfds_synthetic.builder_config(resolution, variant)
   elif dataset == "webvid":
     builder_cls = tfds_webvid.ArtvWebvid
     config = tfds_webvid.WebvidConfig(

@@ -198,20 +198,31 @@ def combinations(split: str) -> tuple[tuple[str, str, str], ...]:
 
 
 def sample_spec(rng: np.random.Generator, split: str, *, num_frames: int = 24,
-                turn_probability: float = 0.0) -> ClipSpec:
-  """Draws a random clip of `split` (uniform over its triples and backgrounds).
+                turn_probability: float = 0.0,
+                size_range: tuple[float, float] = SIZE_RANGE,
+                speed_range: tuple[float, float] = SPEED_RANGE,
+                backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)) -> ClipSpec:
+  """Draws a random clip of `split` (uniform over its triples and `backgrounds`).
 
   A directional clip turns once, with `turn_probability`, at a frame in the middle half of
-  its `num_frames`, to another direction whose triple is also in `split`.
+  its `num_frames`, to another direction whose triple is also in `split`. Sizes and speeds
+  are uniform in their ranges (frame fractions; a range (a, a) fixes the value).
   """
   triples = combinations(split)
+  if not backgrounds or any(b not in BACKGROUNDS for b in backgrounds):
+    raise ValueError(f"backgrounds {backgrounds} must be a non-empty subset of "
+                     f"{list(BACKGROUNDS)}")
+  for name, (low, high) in (("size_range", size_range), ("speed_range", speed_range)):
+    if not 0 < low <= high < 0.5:
+      raise ValueError(f"{name} ({low}, {high}) must satisfy 0 < low <= high < 0.5 "
+                       "(frame fractions)")
   color, shape, motion = triples[rng.integers(len(triples))]
-  size = rng.uniform(*SIZE_RANGE)
+  size = rng.uniform(*size_range)
   # A bouncing object must start fully inside the frame; wrapping ones anywhere.
   low = size if motion == "bounce" else 0.0
-  background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+  background = backgrounds[rng.integers(len(backgrounds))]
   start_xy = tuple(float(v) for v in rng.uniform(low, 1.0 - low, size=2))
-  speed = float(rng.uniform(*SPEED_RANGE))
+  speed = float(rng.uniform(*speed_range))
   bounce_angle = float(rng.uniform(20.0, 70.0) + 90.0 * rng.integers(4))
   turns = ()
   new_directions = [d for d in _DIRECTIONS if d != motion and (color, shape, d) in triples]
@@ -354,10 +365,15 @@ class Clip:
 
 
 def generate_clip(seed: int, split: str, index: int, *, num_frames: int = 24,
-                  height: int = 32, width: int = 32, turn_probability: float = 0.0) -> Clip:
-  """Clip number `index` of `split`: a pure function of its arguments."""
+                  height: int = 32, width: int = 32, turn_probability: float = 0.0,
+                  **distribution) -> Clip:
+  """Clip number `index` of `split`: a pure function of its arguments.
+
+  `distribution`: `sample_spec`'s size_range, speed_range and backgrounds.
+  """
   combinations(split)  # Validates `split`.
   rng = np.random.default_rng((seed, SPLITS.index(split), index))
-  spec = sample_spec(rng, split, num_frames=num_frames, turn_probability=turn_probability)
+  spec = sample_spec(rng, split, num_frames=num_frames, turn_probability=turn_probability,
+                     **distribution)
   frames, path = render_clip(spec, num_frames, height, width)
   return Clip(spec=spec, frames=frames, **path)

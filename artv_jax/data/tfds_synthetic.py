@@ -34,6 +34,15 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
   num_heldout: int = 400  # Clips in the heldout split.
   turn_probability: float = 0.5  # Train clips with a directional motion that turn once.
   seed: int = 0
+  # What `synthetic_shapes.sample_spec` draws from: sizes and speeds in frame fractions.
+  size_range: tuple[float, float] = synthetic_shapes.SIZE_RANGE
+  speed_range: tuple[float, float] = synthetic_shapes.SPEED_RANGE
+  backgrounds: tuple[str, ...] = tuple(synthetic_shapes.BACKGROUNDS)
+
+  def distribution(self) -> dict:
+    """The keyword arguments of `synthetic_shapes.generate_clip` that set the clip mix."""
+    return dict(size_range=self.size_range, speed_range=self.speed_range,
+                backgrounds=self.backgrounds)
 
 
 class ArtvSyntheticShapes(tfds.core.GeneratorBasedBuilder):
@@ -47,6 +56,11 @@ class ArtvSyntheticShapes(tfds.core.GeneratorBasedBuilder):
       SyntheticShapesConfig(name="32px", description="32x32, 24 frames."),
       SyntheticShapesConfig(name="64px", height=64, width=64,
                             description="64x64, 24 frames."),
+      # The demo's: a model trained in minutes learns motion it can see, so its objects are
+      # large, move a fixed 2 pixels a frame, and stand on one background.
+      SyntheticShapesConfig(name="32px_demo", size_range=(0.2, 0.25),
+                            speed_range=(0.0625, 0.0625), backgrounds=("gray",),
+                            description="32x32, 24 frames; large objects, fixed speed, gray."),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -92,7 +106,8 @@ class ArtvSyntheticShapes(tfds.core.GeneratorBasedBuilder):
     for index in range(num_clips):
       clip = synthetic_shapes.generate_clip(
           c.seed, split, index, num_frames=c.num_frames, height=c.height,
-          width=c.width, turn_probability=c.turn_probability if split == "train" else 0.0)
+          width=c.width, turn_probability=c.turn_probability if split == "train" else 0.0,
+          **c.distribution())
       spec = clip.spec
       starts, prompts = zip(*spec.schedule)
       vx, vy = synthetic_shapes.velocity_xy(spec)
@@ -112,3 +127,17 @@ class ArtvSyntheticShapes(tfds.core.GeneratorBasedBuilder):
           "size": clip.size,
           "velocity_xy": [vx * c.width, vy * c.height],  # Pixels per frame.
       }
+
+
+def builder_config(resolution: int, variant: str = "") -> SyntheticShapesConfig:
+  """The config of clip mix `variant` ("" for the standard one) at square `resolution`:
+  the predefined "{resolution}px[_{variant}]", or for a standard mix at another resolution a
+  new config of that name."""
+  name = f"{resolution}px_{variant}" if variant else f"{resolution}px"
+  predefined = ArtvSyntheticShapes.builder_configs
+  if name in predefined:
+    return predefined[name]
+  if variant:
+    raise ValueError(f"synthetic_shapes has no variant {variant!r} at {resolution} px; "
+                     f"its configs are {sorted(predefined)}")
+  return SyntheticShapesConfig(name=name, height=resolution, width=resolution)

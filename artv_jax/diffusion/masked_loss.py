@@ -107,6 +107,7 @@ def masked_diffusion_loss(
     p_drop_text: float,
     p_drop_refs: float,
     p_drop_both: float,
+    unmasked_loss_weight: float = 0.0,
 ) -> tuple[jax.Array, LossAux]:
   """The ART·V training loss for one batch.
 
@@ -124,6 +125,10 @@ def masked_diffusion_loss(
     prediction_type: 'epsilon' or 'v_prediction'.
     max_ref_noise_level: s_max of the reference noise augmentation (0 turns it off).
     p_drop_text, p_drop_refs, p_drop_both: condition dropout rates.
+    unmasked_loss_weight: weight of ‖target − output‖² (the network's own prediction, no
+      mask) added to the loss. A model trained from scratch needs it: the masked loss scales
+      the network's gradient by M, and M closes wherever the reference is the better guess,
+      which early on is everywhere, including where the frame changes.
 
   Returns:
     (scalar loss, LossAux).
@@ -143,9 +148,8 @@ def masked_diffusion_loss(
 
   goal = prediction_target(schedule, target, t, noise, prediction_type)
   prediction = masked_prediction(schedule, output, mask, x_t, refs[:, 0], t, prediction_type)
-  loss = jnp.mean(jnp.square(goal - prediction))
+  unmasked_loss = jnp.mean(jnp.square(goal - output))
+  loss = jnp.mean(jnp.square(goal - prediction)) + unmasked_loss_weight * unmasked_loss
   kept = keep.keep_refs.astype(jnp.float32)
   mask_mean = jnp.sum(jnp.mean(mask, axis=(1, 2, 3)) * kept) / jnp.maximum(jnp.sum(kept), 1.0)
-  aux = LossAux(mask_mean=mask_mean, mask=mask,
-                unmasked_loss=jnp.mean(jnp.square(goal - output)))
-  return loss, aux
+  return loss, LossAux(mask_mean=mask_mean, mask=mask, unmasked_loss=unmasked_loss)

@@ -4,7 +4,7 @@ A schedule is the sampler's format, ``((start frame, caption), ...)`` with incre
 from 0 (see `artv_jax.sampling.parse_prompts`). Every schedule here is new to the model:
 
   * it opens on one of `HELDOUT_COMBINATIONS` (a colour/shape/motion triple the "train"
-    split never shows), on a background cycling through `BACKGROUNDS`;
+    split never shows), on a background cycling through the training backgrounds;
   * later segments keep the object and background and turn the motion by 90 degrees
     (clockwise for even-numbered schedules, counter-clockwise for odd ones); a bouncing object
     first turns to "right". Training clips turn at most once, and only between training
@@ -58,15 +58,18 @@ def segments(schedule: Sequence[Sequence], num_frames: int) -> list[Segment]:
   return result
 
 
-def heldout_schedules(num_frames: int = 256, num_segments: int = 4) -> tuple[Schedule, ...]:
-  """One schedule per held-out triple, `num_segments` equal segments over `num_frames`.
+def heldout_schedules(num_frames: int = 256, num_segments: int = 4,
+                      backgrounds: Sequence[str] = tuple(synthetic_shapes.BACKGROUNDS)
+                      ) -> tuple[Schedule, ...]:
+  """One schedule per held-out triple, `num_segments` equal segments over `num_frames`, the
+  backgrounds taken in turn from `backgrounds` (those the model was trained on).
 
   `num_segments=1` gives the single-prompt held-out videos.
   """
   if not 1 <= num_segments <= num_frames:
     raise ValueError(f"num_segments={num_segments} must be in [1, num_frames={num_frames}]")
   starts = [k * num_frames // num_segments for k in range(num_segments)]
-  backgrounds = list(synthetic_shapes.BACKGROUNDS)
+  backgrounds = list(backgrounds)
   schedules = []
   for i, (color, shape, motion) in enumerate(synthetic_shapes.HELDOUT_COMBINATIONS):
     background = backgrounds[i % len(backgrounds)]

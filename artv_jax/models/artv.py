@@ -5,6 +5,7 @@
                               │             added to the UNet's down-block outputs
                               └─ 'concat':  channel-concatenated to the UNet input (conv_in widened)
     ref noise level s [B] ─ sinusoid ─ MLP (last layer zero) ─> added to the time embedding
+    text [B, S, D] ─ mean over tokens ─ MLP (last layer zero) ─> added too (optional)
     UNet(x_t, t, text) ─ conv_out with one extra channel m ─> (ε_θ or v_θ, M = sigmoid(m))
 
 Every new parameter starts as a no-op (zero output convs, zero input weights, zero last layer of
@@ -75,6 +76,10 @@ class ARTV(nn.Module):
     use_ref_noise_embedding: embed the reference noise level s into the time embedding.
     reference_pathway: 'adapter' or 'concat'.
     adapter_width_divisor: see ReferenceAdapter.
+    use_text_time_embedding: add the text states, averaged over tokens, to the time embedding
+      (diffusers' addition_embed_type='text' does the same with attention pooling): a global
+      text pathway beside cross-attention, which a small model trained from scratch learns
+      faster. Not part of SD: off for pretrained UNets.
   """
   unet: UNet2DConditionModel
   latent_channels: int = 4
@@ -84,6 +89,7 @@ class ARTV(nn.Module):
   use_ref_noise_embedding: bool = True
   reference_pathway: str = "adapter"
   adapter_width_divisor: int = 4
+  use_text_time_embedding: bool = False
 
   @nn.compact
   def __call__(self, x_t: jax.Array, t: jax.Array, text: jax.Array, refs: jax.Array,
@@ -131,6 +137,13 @@ class ARTV(nn.Module):
       s = Dense(time_dim, kernel_init=nn.initializers.zeros, dtype=unet.dtype,
                 param_dtype=unet.param_dtype, name="ref_noise_embedding_linear_2")(s)
       added_temb = s * keep[:, None]
+    if self.use_text_time_embedding:
+      pooled = jnp.mean(text.astype(unet.dtype), axis=1)  # [B, D]
+      u = nn.silu(Dense(unet.time_embed_dim, dtype=unet.dtype, param_dtype=unet.param_dtype,
+                        name="text_time_embedding_linear_1")(pooled))
+      u = Dense(unet.time_embed_dim, kernel_init=nn.initializers.zeros, dtype=unet.dtype,
+                param_dtype=unet.param_dtype, name="text_time_embedding_linear_2")(u)
+      added_temb = u if added_temb is None else added_temb + u
 
     out = unet(x_t, t, text, added_time_embedding=added_temb,
                down_block_additional_residuals=residuals, deterministic=deterministic)

@@ -222,3 +222,11 @@ def test_make_builder_builds_the_synthetic_data_set(tmp_path):
   assert builder.info.features["frames"].shape[1:] == (8, 8, 3)
   with pytest.raises(ValueError, match="unknown dataset"):
     pipeline.make_builder("kinetics", os.fspath(tmp_path), resolution=8)
+
+
+def test_make_builder_rejects_an_unknown_variant(tmp_path):
+  with pytest.raises(ValueError, match="no variant 'huge' at 8 px"):
+    pipeline.make_builder("synthetic_shapes", os.fspath(tmp_path), resolution=8,
+                          variant="huge")
+  with pytest.raises(ValueError, match="only for synthetic_shapes"):
+    pipeline.make_builder("webvid", os.fspath(tmp_path), resolution=8, variant="demo")

@@ -179,3 +179,31 @@ def test_a_bouncing_object_cannot_turn():
   with pytest.raises(ValueError, match="bouncing"):
     ss.ClipSpec(color="red", shape="circle", motion="bounce",
                               turns=((4, "down"),))
+
+
+def test_sample_spec_draws_from_the_given_distribution():
+  rng = np.random.default_rng(0)
+  specs = [ss.sample_spec(rng, "train", size_range=(0.2, 0.25), speed_range=(0.0625, 0.0625),
+                          backgrounds=("gray",)) for _ in range(200)]
+  assert all(0.2 <= s.size <= 0.25 for s in specs)
+  assert {s.speed for s in specs} == {0.0625}
+  assert {s.background for s in specs} == {"gray"}
+
+
+def test_sample_spec_defaults_draw_the_standard_clips():
+  default = ss.sample_spec(np.random.default_rng(3), "train", turn_probability=0.5)
+  explicit = ss.sample_spec(np.random.default_rng(3), "train", turn_probability=0.5,
+                            size_range=ss.SIZE_RANGE, speed_range=ss.SPEED_RANGE,
+                            backgrounds=tuple(ss.BACKGROUNDS))
+  assert default == explicit
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(backgrounds=("purple",)), "backgrounds"),
+    (dict(backgrounds=()), "backgrounds"),
+    (dict(size_range=(0.3, 0.2)), "size_range"),
+    (dict(speed_range=(0.0, 0.1)), "speed_range"),
+])
+def test_sample_spec_rejects_a_bad_distribution(bad, match):
+  with pytest.raises(ValueError, match=match):
+    ss.sample_spec(np.random.default_rng(0), "train", **bad)

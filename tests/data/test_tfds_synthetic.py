@@ -73,3 +73,19 @@ def test_some_train_clips_turn_and_no_heldout_clip_does(builder):
   segments = [len(ex["prompts"]) for ex in _examples(builder, "train")]
   assert 1 in segments and 2 in segments
   assert all(len(ex["prompts"]) == 1 for ex in _examples(builder, "heldout"))
+
+
+def test_a_variant_stores_clips_of_its_distribution(tmp_path):
+  config = tfds_synthetic.SyntheticShapesConfig(
+      name="tiny_variant", height=16, width=16, num_frames=6, num_train=8, num_heldout=2,
+      size_range=(0.2, 0.25), speed_range=(0.0625, 0.0625), backgrounds=("gray",))
+  builder = tfds_synthetic.ArtvSyntheticShapes(data_dir=tmp_path, config=config)
+  builder.download_and_prepare()
+  for example in _examples(builder, "train"):
+    assert builder.info.features["background"].int2str(example["background"]) == "gray"
+    assert 0.2 * 16 <= example["size"][0] <= 0.25 * 16
+    assert np.linalg.norm(example["velocity_xy"]) == pytest.approx(0.0625 * 16)
+    clip = synthetic_shapes.generate_clip(
+        config.seed, "train", int(example["index"]), num_frames=6, height=16, width=16,
+        turn_probability=config.turn_probability, **config.distribution())
+    np.testing.assert_array_equal(example["frames"], clip.frames)

@@ -74,6 +74,29 @@ def test_loss_is_zero_when_the_target_is_the_reference_and_the_mask_is_zero():
   assert float(loss) < 1e-6
 
 
+def test_unmasked_loss_weight_adds_the_network_s_own_loss():
+  def predict(x_t, t, text, refs, anchor, levels, keep_refs):
+    return jnp.tanh(x_t), jnp.full(x_t.shape[:3] + (1,), 0.3)
+
+  masked, aux = _loss(predict)
+  weighted, weighted_aux = _loss(predict, unmasked_loss_weight=0.5)
+  assert float(aux.unmasked_loss) > 0
+  np.testing.assert_allclose(weighted, masked + 0.5 * aux.unmasked_loss, rtol=1e-6)
+  np.testing.assert_allclose(weighted_aux.unmasked_loss, aux.unmasked_loss)
+
+
+def test_unmasked_loss_trains_the_network_where_the_mask_is_closed():
+  def loss_of(scale, weight):
+    def predict(x_t, t, text, refs, anchor, levels, keep_refs):
+      closed = jnp.zeros(x_t.shape[:3] + (1,))
+      return scale * x_t, jnp.where(keep_refs[:, None, None, None], closed, 1.0)
+    return _loss(predict, p_drop_refs=0.0, p_drop_both=0.0, p_drop_text=0.0,
+                 unmasked_loss_weight=weight)[0]
+
+  assert float(jax.grad(loss_of)(0.5, 0.0)) == 0.0  # M = 0: the output gets no gradient
+  assert abs(float(jax.grad(loss_of)(0.5, 1.0))) > 1e-3
+
+
 def test_gradients_reach_the_mask_head():
   def loss_of(mask_logit):
     def predict(x_t, t, text, refs, anchor, levels, keep_refs):

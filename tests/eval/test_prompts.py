@@ -47,3 +47,9 @@ def test_switch_into_bounce_across_the_edge_is_refused():
   schedule = ((0, "a red circle moves right"), (10, "a red circle bounces around"))
   with pytest.raises(ValueError, match="bounce"):
     prompts.render_schedule(schedule, 20, 32, 32, start_xy=(0.6, 0.5))
+
+
+def test_heldout_schedules_take_the_given_backgrounds():
+  for schedule in prompts.heldout_schedules(num_frames=64, num_segments=2,
+                                            backgrounds=("gray",)):
+    assert {ss.parse_caption(c)["background"] for _, c in schedule} == {"gray"}

@@ -45,11 +45,12 @@ def _inputs(batch=2, k=1):
   return x_t, t, text, refs, anchor, levels
 
 
-def _artv(unet, pathway="adapter", **kw):
+def _artv(unet, pathway="adapter", use_text_time_embedding=False, **kw):
   options = dict(num_ref_frames=1, use_anchor=True, use_mask=True)
   options.update(kw)
   return ARTV(unet=artv_unet(unet, reference_pathway=pathway, **options),
-              reference_pathway=pathway, **options)
+              reference_pathway=pathway, use_text_time_embedding=use_text_time_embedding,
+              **options)
 
 
 @pytest.mark.parametrize("pathway", ["adapter", "concat"])
@@ -132,3 +133,21 @@ def test_pretrained_unet_from_another_config_is_rejected(converted_unet):
   params = dict(unet_params, extra_layer={"kernel": jnp.zeros((2, 2))})
   with pytest.raises(ValueError, match="extra_layer"):
     init_artv_params(model, jax.random.PRNGKey(2), (8, 8), TEXT_LEN, pretrained_unet=params)
+
+
+def test_text_time_embedding_starts_as_a_no_op_and_reads_the_text(converted_unet):
+  unet, unet_params = converted_unet
+  plain = _artv(unet)
+  model = _artv(unet, use_text_time_embedding=True)
+  params = init_artv_params(model, jax.random.PRNGKey(2), (8, 8), TEXT_LEN,
+                            pretrained_unet=unet_params)
+  x_t, t, text, refs, anchor, levels = _inputs()
+  keep = jnp.array([True, False])
+  without = {k: v for k, v in params.items() if not k.startswith("text_time_embedding")}
+  out, _ = model.apply({"params": params}, x_t, t, text, refs, anchor, levels, keep)
+  out_plain, _ = plain.apply({"params": without}, x_t, t, text, refs, anchor, levels, keep)
+  np.testing.assert_array_equal(out, out_plain)
+  # Trained, the pooled text reaches the time embedding: the output moves with it.
+  params["text_time_embedding_linear_2"]["kernel"] += 0.1
+  moved, _ = model.apply({"params": params}, x_t, t, text, refs, anchor, levels, keep)
+  assert np.abs(moved - out).max() > 1e-3
