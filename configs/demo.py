@@ -23,8 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.text_encoder = ml_collections.ConfigDict(dict(
       hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
       max_position_embeddings=16, hidden_act="quick_gelu"))
-  # A global text pathway beside cross-attention: a model this small, from scratch, learns
-  # to read the colour and the direction from the prompt in minutes through it.
+  # A global text pathway beside cross-attention, for a small model learning the prompts
+  # from scratch (on in every demo run that learned them; not ablated).
   model.use_text_time_embedding = True
   # v-prediction on DDPM's linear betas (ᾱ_T = 4e-5). With SD's schedule (ᾱ_T = 0.005) a
   # training x_T still shows a 32x32 frame's object, so the model learns to read its colour
@@ -45,8 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   # A fifth of the examples train the text-to-image mode that makes frame 0.
   diffusion.p_drop_refs = 0.2
   diffusion.max_ref_noise_level = 100
-  # From scratch the network's own prediction is poor everywhere at first, so M closes
-  # everywhere and the masked loss alone stops training the network where the object moves.
+  # From scratch the network's own prediction starts poor everywhere, so M closes everywhere
+  # and the masked loss alone scales the network's gradient down where the object moves.
   diffusion.unmasked_loss_weight = 1.0
 
   train = config.train
@@ -54,8 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
   train.num_steps = 5_500  # about 13 minutes on 2 CPU cores
   train.learning_rate = 1e-3
   train.warmup_steps = 100
-  # Constant, with a short EMA: the direction words are learned late in the run (after about
-  # 3000 steps), when a cosine schedule would already have cooled.
+  # Constant, with a short EMA: the direction words are learned in the second half of the
+  # run (not yet at step 2000, there at step 4000), when a cosine schedule has cooled.
   train.lr_schedule = "constant"
   train.weight_decay = 0.0
   train.ema_decay = 0.995

@@ -126,9 +126,10 @@ def masked_diffusion_loss(
     max_ref_noise_level: s_max of the reference noise augmentation (0 turns it off).
     p_drop_text, p_drop_refs, p_drop_both: condition dropout rates.
     unmasked_loss_weight: weight of ‖target − output‖² (the network's own prediction, no
-      mask) added to the loss. A model trained from scratch needs it: the masked loss scales
-      the network's gradient by M, and M closes wherever the reference is the better guess,
-      which early on is everywhere, including where the frame changes.
+      mask) added to the loss. For training from scratch: the masked loss scales the
+      network's gradient by M, and M closes wherever the reference is the better guess,
+      which before the network has learned anything is everywhere, where the frame changes
+      too.
 
   Returns:
     (scalar loss, LossAux).
