@@ -188,7 +188,8 @@ def test_new_and_attention_trains_only_new_parts_and_attention():
 
 def test_a_model_from_scratch_takes_sd_s_schedule_with_the_configured_changes(tmp_path):
   config = tiny_config.get_config()
-  config.model.scheduler.update(beta_schedule="", prediction_type="")
+  config.model.scheduler.update(beta_schedule="", beta_start=0.0, beta_end=0.0,
+                                prediction_type="")
   sd = train.build_models(config, jax.random.PRNGKey(0), str(tmp_path)).schedule
   assert sd.prediction_type == "epsilon"
   np.testing.assert_allclose(np.asarray(sd.betas)[[0, -1]], [0.00085, 0.012], rtol=1e-5)
