@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_stride = 1
   config.data.shuffle_buffer = 2_000
   diffusion = config.diffusion
-  # A fifth of the examples train the text-to-image mode that makes frame 0.
+  # With p_drop_both, a quarter of the examples train the text-to-image mode of frame 0.
   diffusion.p_drop_refs = 0.2
   diffusion.max_ref_noise_level = 100
   # From scratch the network's own prediction starts poor everywhere, so M closes everywhere

@@ -78,8 +78,8 @@ class ARTV(nn.Module):
     adapter_width_divisor: see ReferenceAdapter.
     use_text_time_embedding: add the text states, averaged over tokens, to the time embedding
       (diffusers' addition_embed_type='text' does the same with attention pooling): a global
-      text pathway beside cross-attention, which a small model trained from scratch learns
-      faster. Not part of SD: off for pretrained UNets.
+      text pathway beside cross-attention, for small models trained from scratch (the demo).
+      Not part of SD: off for pretrained UNets.
   """
   unet: UNet2DConditionModel
   latent_channels: int = 4
@@ -129,20 +129,12 @@ class ARTV(nn.Module):
     else:
       x_t = jnp.concatenate([x_t.astype(unet.dtype), cond], axis=-1)
     if self.use_ref_noise_embedding:
-      time_dim = unet.time_embed_dim
       s = timestep_features(ref_noise_level, unet.block_out_channels[0],
                             flip_sin_to_cos=unet.flip_sin_to_cos, freq_shift=unet.freq_shift)
-      s = nn.silu(Dense(time_dim, dtype=unet.dtype, param_dtype=unet.param_dtype,
-                        name="ref_noise_embedding_linear_1")(s))
-      s = Dense(time_dim, kernel_init=nn.initializers.zeros, dtype=unet.dtype,
-                param_dtype=unet.param_dtype, name="ref_noise_embedding_linear_2")(s)
-      added_temb = s * keep[:, None]
+      added_temb = self._time_embedding_mlp(s, "ref_noise_embedding") * keep[:, None]
     if self.use_text_time_embedding:
       pooled = jnp.mean(text.astype(unet.dtype), axis=1)  # [B, D]
-      u = nn.silu(Dense(unet.time_embed_dim, dtype=unet.dtype, param_dtype=unet.param_dtype,
-                        name="text_time_embedding_linear_1")(pooled))
-      u = Dense(unet.time_embed_dim, kernel_init=nn.initializers.zeros, dtype=unet.dtype,
-                param_dtype=unet.param_dtype, name="text_time_embedding_linear_2")(u)
+      u = self._time_embedding_mlp(pooled, "text_time_embedding")
       added_temb = u if added_temb is None else added_temb + u
 
     out = unet(x_t, t, text, added_time_embedding=added_temb,
@@ -154,6 +146,15 @@ class ARTV(nn.Module):
     mask = jax.nn.sigmoid(out[..., self.latent_channels:self.latent_channels + 1])
     keep = keep_refs[:, None, None, None]
     return output, jnp.where(keep, mask, 1.0)
+
+  def _time_embedding_mlp(self, x: jax.Array, name: str) -> jax.Array:
+    """[B, F] -> [B, time_embed_dim]: Dense, SiLU, Dense with a zero kernel (a no-op at
+    start). Called from ``__call__``, so its layers ``{name}_linear_{1,2}`` belong to ART·V."""
+    unet = self.unet
+    kw = dict(dtype=unet.dtype, param_dtype=unet.param_dtype)
+    h = nn.silu(Dense(unet.time_embed_dim, name=f"{name}_linear_1", **kw)(x))
+    return Dense(unet.time_embed_dim, kernel_init=nn.initializers.zeros,
+                 name=f"{name}_linear_2", **kw)(h)
 
   @property
   def cond_channels(self) -> int:
