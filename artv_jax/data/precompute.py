@@ -4,7 +4,7 @@ Both networks are frozen during ART·V training (METHOD.md), so their outputs ca
 once instead of at every step:
 
   python -m artv_jax.data.precompute --dataset=synthetic_shapes --data_dir=TFDS_DIR \\
-      --resolution=32 --pretrained=CONVERTED_SD --out=ENCODED_DIR
+      --resolution=32 --pretrained=CONVERTED_SD --out=ENCODED_DIR [--variant=demo]
 
 writes the TFDS data set "artv_encoded" into ENCODED_DIR, with the source's splits and one
 example per source clip:
@@ -294,6 +294,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                       help="its TFDS data_dir (built there first if absent)")
   parser.add_argument("--resolution", type=int, required=True,
                       help="its frame size, as config.data.resolution")
+  parser.add_argument("--variant", default="",
+                      help="synthetic_shapes: its clip mix, as config.data.variant (e.g. demo)")
   parser.add_argument("--manual_dir", help="webvid: the CSVs and videos (only to build it)")
   parser.add_argument("--pretrained", required=True,
                       help="converted checkpoint (output of python -m artv_jax.convert)")
@@ -304,7 +306,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   args = parser.parse_args(argv)
   try:
     source = pipeline.make_builder(args.dataset, args.data_dir, resolution=args.resolution,
-                                   manual_dir=args.manual_dir)
+                                   manual_dir=args.manual_dir, variant=args.variant)
     sd = pretrained.load_pretrained(args.pretrained)
     builder = precompute(source, sd, args.out, dtype=args.dtype,
                          batch_frames=args.batch_frames, pretrained_dir=args.pretrained)

@@ -251,3 +251,10 @@ def test_rerun_keeps_the_encoding_and_refuses_another(encoded, command, capsys):
 def test_load_encoded_names_the_command_when_empty(tmp_path):
   with pytest.raises(FileNotFoundError, match="artv_jax.data.precompute"):
     precompute.load_encoded(tmp_path)
+
+
+def test_unknown_variant_is_a_named_error(tmp_path, capsys):
+  command = ["--dataset=synthetic_shapes", f"--data_dir={tmp_path}", "--resolution=32",
+             "--variant=nosuch", f"--pretrained={tmp_path}", f"--out={tmp_path / 'out'}"]
+  assert precompute.main(command) == 2
+  assert "no variant 'nosuch'" in capsys.readouterr().err
