@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 from flax.training import train_state
+from orbax.checkpoint import multihost
 
 from artv_jax import parallel
 
@@ -59,6 +60,19 @@ def toy_batch(step: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(step)
   return {"x": rng.normal(size=(GLOBAL_BATCH, IN_FEATURES)).astype(np.float32),
           "y": rng.normal(size=(GLOBAL_BATCH, OUT_FEATURES)).astype(np.float32)}
+
+
+def compile_everywhere(jitted: Callable, *args) -> Callable:
+  """``jitted`` compiled for ``args`` on every process before any of them runs it.
+
+  gloo gives a peer 30 s to join a collective: a worker still compiling (two shared cores, a
+  loaded CI machine) would fail the first one. The barrier goes through the coordination
+  service, whose timeout is the orbax default (minutes), not through gloo.
+  """
+  compiled = jitted.lower(*args).compile()
+  multihost.sync_global_processes(f"compiled {getattr(jitted, '__name__', 'step')}",
+                                  barrier_sync_fn=multihost.get_barrier_sync_fn())
+  return compiled
 
 
 def toy_train_step(state: train_state.TrainState, batch, mesh: jax.sharding.Mesh):
@@ -100,10 +114,12 @@ def toy_train(mesh: jax.sharding.Mesh, steps: int) -> dict[str, Any]:
 
   per_process = GLOBAL_BATCH // jax.process_count()
   mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+  batch = lambda step: parallel.host_local_to_global(
+      jax.tree.map(lambda x: x[mine], toy_batch(step)), mesh)
+  step_fn = compile_everywhere(step_fn, state, batch(0))
   losses = []
   for step in range(steps):
-    local = jax.tree.map(lambda x: x[mine], toy_batch(step))
-    state, loss = step_fn(state, parallel.host_local_to_global(local, mesh))
+    state, loss = step_fn(state, batch(step))
     losses.append(float(loss))
 
   def flat(tree):
@@ -146,11 +162,12 @@ def artv_train(data: int, fsdp: int, steps: int) -> dict[str, Any]:
   state = jax.jit(trainer.init_fn, out_shardings=trainer.state_sharding)()
   per_process = config.train.batch_size // jax.process_count()
   mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+  batch = lambda step: train.to_model_batch(
+      trainer, jax.tree.map(lambda x: x[mine], artv_batch(step, config.train.batch_size)))
+  step_fn = compile_everywhere(trainer.step_fn, state, batch(0), trainer.frozen)
   losses = []
   for step in range(steps):
-    local = jax.tree.map(lambda x: x[mine], artv_batch(step, config.train.batch_size))
-    state, metrics = trainer.step_fn(state, train.to_model_batch(trainer, local),
-                                     trainer.frozen)
+    state, metrics = step_fn(state, batch(step), trainer.frozen)
     losses.append(float(metrics["loss"]))
 
   flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
