@@ -65,9 +65,9 @@ def toy_batch(step: int) -> dict[str, np.ndarray]:
 def compile_everywhere(jitted: Callable, *args) -> Callable:
   """``jitted`` compiled for ``args`` on every process before any of them runs it.
 
-  gloo gives a peer 30 s to join a collective: a worker still compiling (two shared cores, a
-  loaded CI machine) would fail the first one. The barrier goes through the coordination
-  service, whose timeout is the orbax default (minutes), not through gloo.
+  gloo times out a collective whose peer is slow to join ("Connect timeout"): a worker still
+  compiling on a loaded machine (two shared cores, CI) failed the first step that way. The
+  barrier goes through the coordination service, with orbax's barrier timeout, not gloo's.
   """
   compiled = jitted.lower(*args).compile()
   multihost.sync_global_processes(f"compiled {getattr(jitted, '__name__', 'step')}",
