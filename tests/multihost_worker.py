@@ -68,9 +68,10 @@ def compile_everywhere(jitted: Callable, *args) -> Callable:
   gloo times out a collective whose peer is slow to join ("Connect timeout"): a worker still
   compiling on a loaded machine (two shared cores, CI) failed the first step that way. The
   barrier goes through the coordination service, with orbax's barrier timeout, not gloo's.
+  Called once per worker: a barrier's name must not repeat.
   """
   compiled = jitted.lower(*args).compile()
-  multihost.sync_global_processes(f"compiled {getattr(jitted, '__name__', 'step')}",
+  multihost.sync_global_processes("training step compiled",
                                   barrier_sync_fn=multihost.get_barrier_sync_fn())
   return compiled
 

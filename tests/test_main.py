@@ -53,8 +53,8 @@ def test_convert_without_source_is_named(tmp_path):
 @pytest.mark.slow
 def test_train_and_sample_writes_checkpoints_and_a_video(tmp_path):
   from artv_jax.data import pipeline
-  data_dir = tmp_path / "tfds"
   from tests import tiny_config
+  data_dir = tmp_path / "tfds"
   pipeline.make_builder("synthetic_shapes", str(data_dir), resolution=32,
                         variant=tiny_config.get_config().data.variant)
   result = _main(f"--workdir={tmp_path}", "--mode=train_and_sample",
