@@ -94,13 +94,14 @@ def build_models(config: ml_collections.ConfigDict, rng: jax.Array, workdir: str
   if m.pretrained:
     sd = load_pretrained(m.pretrained, dtype=dtype)
     unet, text_encoder, vae, tokenizer = sd.unet, sd.text_encoder, sd.vae, sd.tokenizer
-    unet = unet.clone(remat=m.remat)
+    unet = unet.clone(remat=m.remat, padding_mode=m.padding_mode)
     scheduler = sd.config["scheduler"]
     frozen = {"text_encoder": sd.params["text_encoder"], "vae": sd.params["vae"]}
     pretrained_unet = sd.params["unet"]
   else:
     tokenizer = load_tokenizer(config, workdir)
-    unet = UNet2DConditionModel.from_config(m.unet.to_dict(), dtype=dtype, remat=m.remat)
+    unet = UNet2DConditionModel.from_config(m.unet.to_dict(), dtype=dtype, remat=m.remat,
+                                            padding_mode=m.padding_mode)
     text_encoder = CLIPTextModel.from_config(m.text_encoder.to_dict(), dtype=dtype,
                                              vocab_size=len(tokenizer))
     vae = (AutoencoderKL.from_config(m.vae.to_dict(), dtype=dtype)
