@@ -94,14 +94,13 @@ def build_models(config: ml_collections.ConfigDict, rng: jax.Array, workdir: str
   if m.pretrained:
     sd = load_pretrained(m.pretrained, dtype=dtype)
     unet, text_encoder, vae, tokenizer = sd.unet, sd.text_encoder, sd.vae, sd.tokenizer
-    unet = unet.clone(remat=m.remat, padding_mode=m.padding_mode)
+    unet = unet.clone(remat=m.remat)
     scheduler = sd.config["scheduler"]
     frozen = {"text_encoder": sd.params["text_encoder"], "vae": sd.params["vae"]}
     pretrained_unet = sd.params["unet"]
   else:
     tokenizer = load_tokenizer(config, workdir)
-    unet = UNet2DConditionModel.from_config(m.unet.to_dict(), dtype=dtype, remat=m.remat,
-                                            padding_mode=m.padding_mode)
+    unet = UNet2DConditionModel.from_config(m.unet.to_dict(), dtype=dtype, remat=m.remat)
     text_encoder = CLIPTextModel.from_config(m.text_encoder.to_dict(), dtype=dtype,
                                              vocab_size=len(tokenizer))
     vae = (AutoencoderKL.from_config(m.vae.to_dict(), dtype=dtype)

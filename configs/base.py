@@ -29,9 +29,6 @@ def get_config() -> ml_collections.ConfigDict:
   # Pooled text states added to the time embedding (zero-initialised): a global text pathway
   # beside cross-attention, for models trained from scratch.
   model.use_text_time_embedding = False
-  # What the UNet's and the adapter's 3x3 convs pad with: SD's "zeros", or "circular" for
-  # frames that wrap around (objects leaving one edge enter at the opposite one).
-  model.padding_mode = "zeros"
   # Noise schedule: fields set here (not empty, not 0) replace the pretrained scheduler's; a
   # model from scratch starts from SD's (scaled_linear 0.00085-0.012, epsilon).
   model.scheduler = ml_collections.ConfigDict(dict(

@@ -26,11 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
   # A global text pathway beside cross-attention, for a small model learning the prompts
   # from scratch (on in every demo run that learned them; not ablated).
   model.use_text_time_embedding = True
-  # The synthetic world is a torus (an object leaving one edge enters at the opposite one), and
-  # at 32x32 an object of this size straddles an edge in most frames. Zero padding shows the
-  # network where the edges are and which pixels lie beside each other across them: it squashed
-  # every object that wrapped into a bar. Circular padding makes the network see the torus.
-  model.padding_mode = "circular"
   # v-prediction on DDPM's linear betas (ᾱ_T = 4e-5). With SD's schedule (ᾱ_T = 0.005) a
   # training x_T still shows a 32x32 frame's object, so the model learns to read its colour
   # from x_T, which at sampling is pure noise; and ε-prediction weighs the high-noise steps,

@@ -38,28 +38,25 @@ class ReferenceAdapter(nn.Module):
   Attributes:
     out_channels: the UNet's block_out_channels.
     width_divisor: the adapter runs at out_channels[i] // width_divisor channels.
-    padding_mode: of its 3x3 convs, the UNet's (``conv.PADDING_MODES``).
   """
   out_channels: Sequence[int]
   width_divisor: int = 4
-  padding_mode: str = "zeros"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> list[jax.Array]:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    conv3 = dict(kernel_size=3, padding=1, padding_mode=self.padding_mode, **kw)
     widths = [max(c // self.width_divisor, 8) for c in self.out_channels]
-    h = Conv2D(widths[0], name="conv_in", **conv3)(x)
+    h = Conv2D(widths[0], 3, padding=1, name="conv_in", **kw)(x)
     features = []
     for i, (width, channels) in enumerate(zip(widths, self.out_channels)):
       if i > 0:
-        h = Conv2D(width, strides=2, name=f"downsamplers_{i}", **conv3)(h)
+        h = Conv2D(width, 3, strides=2, padding=1, name=f"downsamplers_{i}", **kw)(h)
       # Norm-free residual block, as T2I-Adapter's light blocks: the references' absolute
       # intensities are the signal.
-      r = Conv2D(width, name=f"blocks_{i}_conv1", **conv3)(nn.silu(h))
-      h = h + Conv2D(width, name=f"blocks_{i}_conv2", **conv3)(nn.silu(r))
+      r = Conv2D(width, 3, padding=1, name=f"blocks_{i}_conv1", **kw)(nn.silu(h))
+      h = h + Conv2D(width, 3, padding=1, name=f"blocks_{i}_conv2", **kw)(nn.silu(r))
       features.append(Conv2D(channels, 1, kernel_init=nn.initializers.zeros,
                              name=f"zero_convs_{i}", **kw)(h))
     return features
@@ -126,7 +123,7 @@ class ARTV(nn.Module):
     residuals, added_temb = None, None
     if self.reference_pathway == "adapter":
       residuals = ReferenceAdapter(unet.block_out_channels, self.adapter_width_divisor,
-                                   padding_mode=unet.padding_mode, dtype=unet.dtype, param_dtype=unet.param_dtype,
+                                   dtype=unet.dtype, param_dtype=unet.param_dtype,
                                    name="adapter")(cond)
       residuals = [r * keep[:, None, None, None] for r in residuals]
     else:

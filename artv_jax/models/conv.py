@@ -16,9 +16,6 @@ import jax
 import jax.numpy as jnp
 
 Padding = Union[int, Sequence[tuple[int, int]]]
-# What the padding is filled with, named like torch.nn.Conv2d's padding_mode: zeros, or the
-# opposite edge's pixels (the image is a torus).
-PADDING_MODES = ("zeros", "circular")
 
 
 def _explicit(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -46,18 +43,16 @@ def im2col_patches(x: jax.Array, kernel_size: int, strides: int,
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padding = 0,
-           im2col: bool = False, padding_mode: str = "zeros") -> jax.Array:
+           im2col: bool = False) -> jax.Array:
   """Square-kernel NHWC convolution (cross-correlation, like ``torch.nn.functional.conv2d``).
 
   Args:
     x: [B, H, W, C_in].
     kernel: [k, k, C_in, C_out] (HWIO).
     strides: the same stride along H and W.
-    padding: pixels added on each side (of what: padding_mode), or
-      ``((top, bottom), (left, right))``.
+    padding: zeros added on each side, or ``((top, bottom), (left, right))``.
     im2col: lower as ``im2col_patches(x) @ kernel`` instead of ``lax.conv_general_dilated``
       (same result up to float rounding, gradients included).
-    padding_mode: one of PADDING_MODES.
 
   Returns:
     [B, H', W', C_out], H' = (H + top + bottom - k) // strides + 1, likewise W'.
@@ -66,12 +61,6 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padding =
   if kernel.shape[1] != k:
     raise ValueError(f"kernel has shape {kernel.shape}; conv2d takes square [k, k, C_in, "
                      f"C_out] (HWIO) kernels")
-  if padding_mode not in PADDING_MODES:
-    raise ValueError(f"padding_mode {padding_mode!r} is not one of {PADDING_MODES}")
-  if padding_mode == "circular":
-    (top, bottom), (left, right) = _explicit(padding)
-    x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), mode="wrap")
-    padding = 0
   if not im2col:
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(strides, strides), padding=_explicit(padding),
@@ -90,7 +79,6 @@ class Conv2D(nn.Module):
     padding: symmetric padding per side, or explicit ``((top, bottom), (left, right))``.
     kernel_init: initialiser of the [k, k, C_in, features] kernel.
     im2col: lower as im2col + matmul (see :func:`conv2d`); the parameters are the same.
-    padding_mode: one of PADDING_MODES.
   """
   features: int
   kernel_size: int = 3
@@ -99,7 +87,6 @@ class Conv2D(nn.Module):
   use_bias: bool = True
   kernel_init: Callable = nn.initializers.lecun_normal()
   im2col: bool = False
-  padding_mode: str = "zeros"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -110,7 +97,7 @@ class Conv2D(nn.Module):
     kernel = self.param("kernel", self.kernel_init,
                         (k, k, x.shape[-1], self.features), self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = conv2d(x, kernel, self.strides, self.padding, self.im2col, self.padding_mode)
+    y = conv2d(x, kernel, self.strides, self.padding, self.im2col)
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)

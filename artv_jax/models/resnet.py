@@ -18,7 +18,6 @@ class ResnetBlock2D(nn.Module):
   groups: int = 32
   eps: float = 1e-5
   dropout: float = 0.0
-  padding_mode: str = "zeros"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -28,14 +27,12 @@ class ResnetBlock2D(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm = lambda name: nn.GroupNorm(self.groups, epsilon=self.eps, use_fast_variance=False,
                                      name=name, **kw)
-    conv = lambda name: Conv2D(self.out_channels, 3, padding=1, padding_mode=self.padding_mode,
-                               name=name, **kw)
-    h = conv("conv1")(nn.silu(norm("norm1")(x)))
+    h = Conv2D(self.out_channels, 3, padding=1, name="conv1", **kw)(nn.silu(norm("norm1")(x)))
     if temb is not None:
       h = h + Dense(self.out_channels, name="time_emb_proj", **kw)(nn.silu(temb))[:, None, None]
     h = nn.silu(norm("norm2")(h))
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    h = conv("conv2")(h)
+    h = Conv2D(self.out_channels, 3, padding=1, name="conv2", **kw)(h)
     if x.shape[-1] != self.out_channels:
       x = Conv2D(self.out_channels, 1, name="conv_shortcut", **kw)(x)
     return x + h
@@ -48,26 +45,24 @@ class Downsample2D(nn.Module):
   """
   channels: int
   asymmetric_padding: bool = False
-  padding_mode: str = "zeros"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     padding = ((0, 1), (0, 1)) if self.asymmetric_padding else 1
-    return Conv2D(self.channels, 3, strides=2, padding=padding, padding_mode=self.padding_mode,
-                  dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+    return Conv2D(self.channels, 3, strides=2, padding=padding, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="conv")(x)
 
 
 class Upsample2D(nn.Module):
   """Nearest-neighbour 2x upsampling then a 3x3 conv: [B, H, W, C] -> [B, 2H, 2W, C]."""
   channels: int
-  padding_mode: str = "zeros"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return Conv2D(self.channels, 3, padding=1, padding_mode=self.padding_mode, dtype=self.dtype,
+    return Conv2D(self.channels, 3, padding=1, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="conv")(x)

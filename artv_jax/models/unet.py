@@ -124,10 +124,6 @@ class UNet2DConditionModel(nn.Module):
     downsample_padding: 1 pads the stride-2 convs on every side, 0 only bottom/right.
     conv_in_kernel, conv_out_kernel: kernel sizes of the first and last convs.
     dropout: dropout rate inside the resnets (active when ``deterministic=False``).
-    padding_mode: what every 3x3 conv pads with (``conv.PADDING_MODES``): SD's zeros, or
-      'circular' for images that live on a torus (wrapping objects, as in the synthetic
-      videos), which makes the network equivariant to circular shifts by multiples of its
-      total downsampling. Not a diffusers field: set it as an override of :meth:`from_config`.
     remat: rematerialise each down/mid/up block in the backward pass (gradient
       checkpointing: less activation memory, one more forward); parameters are unchanged.
     dtype: compute dtype (e.g. ``jnp.bfloat16``); the output is always float32.
@@ -155,7 +151,6 @@ class UNet2DConditionModel(nn.Module):
   conv_in_kernel: int = 3
   conv_out_kernel: int = 3
   dropout: float = 0.0
-  padding_mode: str = "zeros"
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
@@ -290,8 +285,7 @@ class UNet2DConditionModel(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     block_kw = dict(use_linear_projection=self.use_linear_projection,
                     upcast_attention=self.upcast_attention, norm_groups=self.norm_num_groups,
-                    norm_eps=self.norm_eps, dropout=self.dropout,
-                    padding_mode=self.padding_mode, **kw)
+                    norm_eps=self.norm_eps, dropout=self.dropout, **kw)
 
     timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (batch,))
     features = timestep_features(timesteps, self.block_out_channels[0],
@@ -305,8 +299,7 @@ class UNet2DConditionModel(nn.Module):
     context = encoder_hidden_states.astype(self.dtype)
 
     x = Conv2D(self.block_out_channels[0], self.conv_in_kernel,
-               padding=(self.conv_in_kernel - 1) // 2, padding_mode=self.padding_mode,
-               name="conv_in", **kw)(sample)
+               padding=(self.conv_in_kernel - 1) // 2, name="conv_in", **kw)(sample)
     skips = [x]
     down_block = self._block(DownBlock, 5)
     for i, channels in enumerate(self.block_out_channels):
@@ -336,5 +329,5 @@ class UNet2DConditionModel(nn.Module):
     x = nn.GroupNorm(self.norm_num_groups, epsilon=self.norm_eps, use_fast_variance=False,
                      name="conv_norm_out", **kw)(x)
     x = Conv2D(self.out_channels, self.conv_out_kernel, padding=(self.conv_out_kernel - 1) // 2,
-               padding_mode=self.padding_mode, name="conv_out", **kw)(nn.silu(x))
+               name="conv_out", **kw)(nn.silu(x))
     return x.astype(jnp.float32)

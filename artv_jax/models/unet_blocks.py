@@ -39,7 +39,6 @@ class _UNetBlock(nn.Module):
     upcast_attention: attention in float32 under a lower compute dtype (SD2.1).
     norm_groups, norm_eps: GroupNorm of the resnets (the transformers use eps 1e-6).
     dropout: dropout rate of the resnets (diffusers gives the transformers none).
-    padding_mode: the padding of every 3x3 conv (``conv.PADDING_MODES``).
   """
   out_channels: int
   num_layers: int = 1
@@ -50,14 +49,13 @@ class _UNetBlock(nn.Module):
   norm_groups: int = 32
   norm_eps: float = 1e-5
   dropout: float = 0.0
-  padding_mode: str = "zeros"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   def _resnet(self, i: int, x: jax.Array, temb: jax.Array, deterministic: bool) -> jax.Array:
     return ResnetBlock2D(self.out_channels, groups=self.norm_groups, eps=self.norm_eps,
-                         dropout=self.dropout, padding_mode=self.padding_mode, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name=f"resnets_{i}")(x, temb, deterministic)
+                         dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name=f"resnets_{i}")(x, temb, deterministic)
 
   def _attend(self, i: int, x: jax.Array, context: jax.Array,
               deterministic: bool) -> jax.Array:
@@ -108,8 +106,7 @@ class DownBlock(_UNetBlock):
       skips.append(x)
     if self.add_downsample:
       x = Downsample2D(self.out_channels, asymmetric_padding=self.downsample_padding == 0,
-                       padding_mode=self.padding_mode, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name="downsamplers_0")(x)
+                       dtype=self.dtype, param_dtype=self.param_dtype, name="downsamplers_0")(x)
       skips.append(x)
     return x, tuple(skips)
 
@@ -161,6 +158,6 @@ class UpBlock(_UNetBlock):
       if self.num_attention_heads is not None:
         x = self._attend(i, x, context, deterministic)
     if self.add_upsample:
-      x = Upsample2D(self.out_channels, padding_mode=self.padding_mode, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="upsamplers_0")(x)
+      x = Upsample2D(self.out_channels, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="upsamplers_0")(x)
     return x

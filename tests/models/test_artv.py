@@ -151,24 +151,3 @@ def test_text_time_embedding_starts_as_a_no_op_and_reads_the_text(converted_unet
   params["text_time_embedding_linear_2"]["kernel"] += 0.1
   moved, _ = model.apply({"params": params}, x_t, t, text, refs, anchor, levels, keep)
   assert np.abs(moved - out).max() > 1e-3
-
-
-def test_circular_padding_makes_artv_equivariant_to_circular_shifts(converted_unet):
-  """With circular padding, ART·V (UNet and reference adapter) sees a torus: shifting the
-  frame and its references by a multiple of the total downsampling (2 here) shifts its output
-  and mask the same way. Zero padding breaks that at the edges."""
-  unet, _ = converted_unet
-  x_t, t, text, refs, anchor, levels = _inputs()
-  keep = jnp.array([True, True])
-  roll = lambda a: jnp.roll(a, (2, -4), axis=(-3, -2))
-  for padding_mode, equivariant in (("circular", True), ("zeros", False)):
-    model = _artv(unet.clone(padding_mode=padding_mode))
-    params = init_artv_params(model, jax.random.PRNGKey(0), (8, 8), TEXT_LEN)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))  # No zero (no-op) layers.
-    params = tree.unflatten([p + 0.1 * jax.random.normal(k, p.shape)
-                             for p, k in zip(leaves, keys)])
-    apply = lambda x, r, a: model.apply({"params": params}, x, t, text, r, a, levels, keep)
-    shifted = apply(roll(x_t), roll(refs), roll(anchor))
-    for a, b in zip(shifted, map(roll, apply(x_t, refs, anchor))):
-      assert np.allclose(a, b, atol=1e-4) == equivariant, padding_mode

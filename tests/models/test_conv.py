@@ -1,10 +1,8 @@
-"""Conv2D's im2col lowering against the native ``lax.conv_general_dilated``, and its circular
-padding against torch's."""
+"""Conv2D's im2col lowering against the native ``lax.conv_general_dilated``."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from artv_jax.models.conv import Conv2D, conv2d
 
@@ -65,22 +63,3 @@ def test_conv2d_rejects_non_square_kernel():
   x, _ = _operands(3)
   with pytest.raises(ValueError, match="square"):
     conv2d(x, jnp.zeros((3, 1, 5, 7)))
-
-
-@pytest.mark.parametrize("strides", [1, 2])
-@pytest.mark.parametrize("im2col", [False, True])
-def test_circular_padding_matches_torch(strides, im2col):
-  x, kernel = _operands(3)
-  ours = conv2d(x, kernel, strides, 1, im2col=im2col, padding_mode="circular")
-  torch_conv = torch.nn.Conv2d(5, 7, 3, stride=strides, padding=1, padding_mode="circular",
-                               bias=False)
-  with torch.no_grad():
-    torch_conv.weight.copy_(torch.from_numpy(np.asarray(kernel).transpose(3, 2, 0, 1)))
-    ref = torch_conv(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2)))
-  np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-5, rtol=1e-5)
-
-
-def test_conv2d_rejects_unknown_padding_mode():
-  x, kernel = _operands(3)
-  with pytest.raises(ValueError, match="padding_mode 'reflect'"):
-    conv2d(x, kernel, padding=1, padding_mode="reflect")
