@@ -3,6 +3,8 @@
 Fast enough for 2 CPU cores; used by the README's first command:
   python -m artv_jax.main --config=configs/demo.py --workdir=workdir/demo --mode=train_and_sample
 """
+import itertools
+
 import ml_collections
 
 from configs import base
@@ -36,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.remat = False
 
   config.data.dataset = "synthetic_shapes"
-  config.data.variant = "demo"  # large objects at a fixed 2 pixels a frame, gray background
+  config.data.variant = "demo"  # large walled objects, 2 pixels a frame, gray background
   config.data.resolution = 32
   config.data.min_stride = 1  # with the fixed speed, every tuple shows the same motion step
   config.data.max_stride = 1
@@ -72,9 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
   # difference from the copied reference is noise in this small model.
   sample.ref_scale = 1.0
   sample.clip_x0 = True  # pixels: the frames live in [-1, 1]
-  sample.prompts = (
-      (0, "a red circle moves right on a gray background"),
-      (80, "a red circle moves down on a gray background"),
-      (160, "a red circle moves left on a gray background"),
-  )
+  # Round and round the frame: the demo's objects are walled (data variant), so each
+  # 12-frame segment crosses the frame (9 steps at most) and rests against its edge.
+  sample.prompts = tuple(
+      (start, f"a red circle moves {direction} on a gray background")
+      for start, direction in zip(range(0, sample.num_frames, 12),
+                                  itertools.cycle(("right", "down", "left", "up"))))
   return config

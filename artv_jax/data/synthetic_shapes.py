@@ -10,8 +10,10 @@ Conventions:
     rendered resolution, `center_xy` as (x to the right, y down).
   * Directional motions ("right", "left", "up", "down") wrap around the frame
     (the frame is a torus): an object leaving on the right re-enters on the left, so
-    a clip of any length keeps its caption true. "bounce" moves diagonally and
-    reflects off the frame's edges.
+    a clip of any length keeps its caption true. In a `walled` clip they stop at the
+    frame's edge instead: the object moves until it touches the edge and rests
+    against it, whole in every frame. "bounce" moves diagonally and reflects off the
+    frame's edges.
   * A directional clip may turn: at each of its `turns` the object takes a new
     direction and the clip a new caption, so a clip carries a prompt schedule, as a
     multi-prompt video does. Training on turns teaches a model to take the direction
@@ -102,6 +104,8 @@ class ClipSpec:
   # (frame, direction): from that frame on, the object moves that way (directional
   # motions only; frames increasing, > 0).
   turns: tuple[tuple[int, str], ...] = ()
+  # Directional motions stop at the frame's edge instead of wrapping around it.
+  walled: bool = False
 
   def __post_init__(self):
     for value, allowed, what in ((self.color, COLORS, "colour"),
@@ -131,6 +135,11 @@ class ClipSpec:
     return ((0, self.caption),) + tuple(
         (frame, make_caption(self.color, self.shape, direction, self.background))
         for frame, direction in self.turns)
+
+  @property
+  def wraps(self) -> bool:
+    """Whether the object wraps around the frame's edges (the frame is a torus)."""
+    return self.motion != "bounce" and not self.walled
 
   @property
   def heldout(self) -> bool:
@@ -199,14 +208,18 @@ def combinations(split: str) -> tuple[tuple[str, str, str], ...]:
 
 def sample_spec(rng: np.random.Generator, split: str, *, num_frames: int = 24,
                 turn_probability: float = 0.0,
+                segment_frames: tuple[int, int] | None = None,
                 size_range: tuple[float, float] = SIZE_RANGE,
                 speed_range: tuple[float, float] = SPEED_RANGE,
-                backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)) -> ClipSpec:
+                backgrounds: tuple[str, ...] = tuple(BACKGROUNDS),
+                walled: bool = False) -> ClipSpec:
   """Draws a random clip of `split` (uniform over its triples and `backgrounds`).
 
   A directional clip turns once, with `turn_probability`, at a frame in the middle half of
-  its `num_frames`, to another direction whose triple is also in `split`. Sizes and speeds
-  are uniform in their ranges (frame fractions; a range (a, a) fixes the value).
+  its `num_frames`; or, given `segment_frames` (lo, hi), after every segment of
+  U{lo..hi} frames. Each turn takes another direction whose triple is also in `split`.
+  Sizes and speeds are uniform in their ranges (frame fractions; a range (a, a) fixes the
+  value). A `walled` clip starts with its object whole inside the frame.
   """
   triples = combinations(split)
   if not backgrounds or any(b not in BACKGROUNDS for b in backgrounds):
@@ -216,19 +229,36 @@ def sample_spec(rng: np.random.Generator, split: str, *, num_frames: int = 24,
     if not 0 < low <= high < 0.5:
       raise ValueError(f"{name} ({low}, {high}) must satisfy 0 < low <= high < 0.5 "
                        "(frame fractions)")
+  if segment_frames is not None and (turn_probability or not 1 <= segment_frames[0]
+                                     <= segment_frames[1]):
+    raise ValueError(f"segment_frames {segment_frames} must satisfy 1 <= lo <= hi, and "
+                     f"excludes turn_probability ({turn_probability})")
   color, shape, motion = triples[rng.integers(len(triples))]
   size = rng.uniform(*size_range)
-  # A bouncing object must start fully inside the frame; wrapping ones anywhere.
-  low = size if motion == "bounce" else 0.0
+  # An object that cannot wrap must start fully inside the frame; wrapping ones anywhere.
+  low = size if motion == "bounce" or walled else 0.0
   background = backgrounds[rng.integers(len(backgrounds))]
   start_xy = tuple(float(v) for v in rng.uniform(low, 1.0 - low, size=2))
   speed = float(rng.uniform(*speed_range))
   bounce_angle = float(rng.uniform(20.0, 70.0) + 90.0 * rng.integers(4))
-  turns = ()
-  new_directions = [d for d in _DIRECTIONS if d != motion and (color, shape, d) in triples]
-  if motion != "bounce" and new_directions and rng.uniform() < turn_probability:
-    frame = max(1, int(rng.integers(num_frames // 4, 3 * num_frames // 4 + 1)))
-    turns = ((frame, new_directions[rng.integers(len(new_directions))]),)
+  turns = []
+  if motion != "bounce":
+    if segment_frames is not None:
+      frames = np.cumsum(rng.integers(segment_frames[0], segment_frames[1] + 1,
+                                      size=num_frames // segment_frames[0] + 1))
+      frames = frames[frames < num_frames]
+    elif rng.uniform() < turn_probability:
+      frames = [max(1, int(rng.integers(num_frames // 4, 3 * num_frames // 4 + 1)))]
+    else:
+      frames = []
+    direction = motion
+    for frame in frames:
+      new_directions = [d for d in _DIRECTIONS
+                        if d != direction and (color, shape, d) in triples]
+      if not new_directions:
+        break
+      direction = new_directions[rng.integers(len(new_directions))]
+      turns.append((int(frame), direction))
   return ClipSpec(
       color=color,
       shape=shape,
@@ -239,7 +269,8 @@ def sample_spec(rng: np.random.Generator, split: str, *, num_frames: int = 24,
       speed=speed,
       # Steep or shallow, never axis-aligned, in any of the four quadrants.
       bounce_angle=bounce_angle,
-      turns=turns,
+      turns=tuple(turns),
+      walled=walled,
   )
 
 
@@ -258,7 +289,8 @@ def trajectory(spec: ClipSpec, num_frames: int, height: int,
 
   Returns:
     {'center_xy': [T, 2] float32 (x, y) pixel coordinates of the object's centre
-     (wrapped into [0, W) x [0, H) for directional motions),
+     (wrapped into [0, W) x [0, H) for directional motions; in a walled clip, kept
+     where the object is whole, [size, W - size] x [size, H - size]),
      'size': [T] float32 radius / half-extent in pixels}.
   """
   t = np.arange(num_frames, dtype=np.float64)
@@ -270,9 +302,16 @@ def trajectory(spec: ClipSpec, num_frames: int, height: int,
       position = _reflect(position, size, extent - size)
     else:
       # Frame i moved from frame i - 1 the way frame i's segment says.
-      steps = np.array([_DIRECTIONS[motion_at(spec, i)][axis] for i in range(1, num_frames)])
-      distance = spec.speed * extent * np.concatenate([[0.0], np.cumsum(steps)])
-      position = np.mod(start * extent + distance, extent)
+      steps = spec.speed * extent * np.array(
+          [_DIRECTIONS[motion_at(spec, i)][axis] for i in range(1, num_frames)])
+      if spec.walled:
+        position = [np.clip(start * extent, size, extent - size)]
+        for step in steps:
+          position.append(np.clip(position[-1] + step, size, extent - size))
+        position = np.array(position)
+      else:
+        distance = np.concatenate([[0.0], np.cumsum(steps)])
+        position = np.mod(start * extent + distance, extent)
     center.append(position)
   center = np.stack(center, axis=-1).astype(np.float32)
   extent = np.array([width, height], np.float32)
@@ -309,7 +348,7 @@ def render_clip(spec: ClipSpec, num_frames: int, height: int,
   center = path["center_xy"][:, :, None, None]  # [T, 2, 1, 1]
   dx = np.arange(width, dtype=np.float32) + 0.5 - center[:, 0]  # [T, 1, W]
   dy = np.arange(height, dtype=np.float32)[:, None] + 0.5 - center[:, 1]  # [T, H, 1]
-  if spec.motion != "bounce":  # Toroidal offsets: the object shows on both edges.
+  if spec.wraps:  # Toroidal offsets: the object shows on both edges.
     dx = np.mod(dx + width / 2, width) - width / 2
     dy = np.mod(dy + height / 2, height) - height / 2
   distance = _signed_distance(spec.shape, dx, dy, path["size"][:, None, None])

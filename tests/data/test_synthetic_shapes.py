@@ -133,6 +133,48 @@ def test_bounce_stays_inside_the_frame():
   assert (step[:, 0] < 0).any() and (step[:, 0] > 0).any()  # It did bounce.
 
 
+@pytest.mark.parametrize("motion", ["right", "left", "up", "down"])
+def test_a_walled_object_stops_whole_at_the_frame_s_edge(motion):
+  spec = ss.ClipSpec(color="red", shape="square", motion=motion, speed=0.05, walled=True)
+  frames, path = ss.render_clip(spec, 20, 32, 48)
+  size = path["size"][0]
+  vx, vy = ss.velocity_xy(spec)
+  step = np.diff(path["center_xy"], axis=0)
+  # Full steps until it touches the edge, then none: it rests against the edge.
+  moving = np.abs(step).sum(1) > 1e-4
+  assert moving[:3].all() and not moving[-3:].any()
+  np.testing.assert_allclose(step[moving], np.broadcast_to(
+      [vx * 48, vy * 32], step.shape)[moving], atol=1.6 + 1e-4)  # The last one is cut short.
+  edge = {"right": (0, 48 - size), "left": (0, size), "down": (1, 32 - size),
+          "up": (1, size)}[motion]
+  np.testing.assert_allclose(path["center_xy"][-1, edge[0]], edge[1], atol=1e-4)
+  area = _object_mask(frames, "red").sum(axis=(1, 2))
+  np.testing.assert_allclose(area, area[0], rtol=0.02)  # Never split across an edge.
+
+
+def test_walled_clips_turn_every_few_frames_and_stay_whole():
+  rng = np.random.default_rng(0)
+  specs = [ss.sample_spec(rng, "train", num_frames=24, segment_frames=(4, 12),
+                          walled=True) for _ in range(300)]
+  for spec in specs:
+    frames = [0] + [frame for frame, _ in spec.turns]
+    assert all(4 <= b - a <= 12 for a, b in zip(frames, frames[1:]))
+    assert 24 - frames[-1] <= 12 or spec.motion == "bounce"
+    directions = [spec.motion] + [d for _, d in spec.turns]
+    assert all(a != b for a, b in zip(directions, directions[1:]))
+    assert all((spec.color, spec.shape, d) in ss.TRAIN_COMBINATIONS for d in directions)
+    path = ss.trajectory(spec, 24, 32, 32)
+    assert (path["center_xy"] >= path["size"][0] - 1e-4).all()
+    assert (path["center_xy"] <= 32 - path["size"][0] + 1e-4).all()
+  assert np.mean([len(s.turns) for s in specs if s.motion != "bounce"]) > 2
+
+
+def test_segment_frames_exclude_a_turn_probability():
+  with pytest.raises(ValueError, match="segment_frames"):
+    ss.sample_spec(np.random.default_rng(0), "train", turn_probability=0.5,
+                   segment_frames=(4, 12))
+
+
 def test_background_is_static_away_from_the_object():
   spec = ss.ClipSpec(color="red", shape="square", motion="right", size=0.15)
   frames, path = ss.render_clip(spec, 8, 32, 32)

@@ -54,7 +54,7 @@ def test_stored_clips_are_the_generator_s(builder):
     for example in _examples(builder, split)[:5]:
       clip = synthetic_shapes.generate_clip(
           TINY.seed, split, int(example["index"]), num_frames=10, height=16, width=24,
-          turn_probability=TINY.turn_probability if split == "train" else 0.0)
+          **TINY.turning(split))
       np.testing.assert_array_equal(example["frames"], clip.frames)
       np.testing.assert_array_equal(example["center_xy"], clip.center_xy)
       np.testing.assert_array_equal(example["size"], clip.size)
@@ -78,7 +78,8 @@ def test_some_train_clips_turn_and_no_heldout_clip_does(builder):
 def test_a_variant_stores_clips_of_its_distribution(tmp_path):
   config = tfds_synthetic.SyntheticShapesConfig(
       name="tiny_variant", height=16, width=16, num_frames=6, num_train=8, num_heldout=2,
-      size_range=(0.2, 0.25), speed_range=(0.0625, 0.0625), backgrounds=("gray",))
+      size_range=(0.2, 0.25), speed_range=(0.0625, 0.0625), backgrounds=("gray",),
+      walled=True, turn_probability=0.0, segment_frames=(2, 3))
   builder = tfds_synthetic.ArtvSyntheticShapes(data_dir=tmp_path, config=config)
   builder.download_and_prepare()
   for example in _examples(builder, "train"):
@@ -87,5 +88,6 @@ def test_a_variant_stores_clips_of_its_distribution(tmp_path):
     assert np.linalg.norm(example["velocity_xy"]) == pytest.approx(0.0625 * 16)
     clip = synthetic_shapes.generate_clip(
         config.seed, "train", int(example["index"]), num_frames=6, height=16, width=16,
-        turn_probability=config.turn_probability, **config.distribution())
+        **config.turning("train"), **config.distribution())
     np.testing.assert_array_equal(example["frames"], clip.frames)
+    assert clip.spec.walled and (clip.spec.motion == "bounce" or len(example["prompts"]) > 1)
