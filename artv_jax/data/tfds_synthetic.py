@@ -13,8 +13,8 @@ re-render any stored clip, at any length, from the stored index.
 
 Train clips may turn, once (`turn_probability`) or every few frames (`segment_frames`):
 such a clip has several prompts, "prompts" with their first frames in "prompt_starts",
-and the training pipeline captions each target frame with the prompt of its segment. "caption", "motion" and "velocity_xy" describe
-the first segment.
+and the training pipeline captions each target frame with the prompt of its segment.
+"caption", "motion" and "velocity_xy" describe the first segment.
 """
 
 import dataclasses
