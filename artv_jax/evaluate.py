@@ -217,11 +217,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   manager.close()
   eval_dir = os.path.join(workdir, EVAL_DIR)
   inputs = generate.video_inputs(trainer, config)
+  trained_on = tfds_synthetic.builder_config(config.data.resolution, config.data.variant)
+  settings = synthetic_metrics.Settings(walled=trained_on.walled)
   scores = []
   for i, schedule in enumerate(schedules):
     frames = generate_heldout_video(trainer, params, config, schedule,
                                     os.path.join(eval_dir, str(i)), config.seed + i, inputs)
-    scores.append(synthetic_metrics.evaluate_video(frames, schedule))
+    scores.append(synthetic_metrics.evaluate_video(frames, schedule, settings))
     features.add(frames, schedule)
     logging.info("held-out video %d/%d: %s", i + 1, len(schedules),
                  ", ".join(f"{k}={v:.3g}" for k, v in scores[-1]["metrics"].items()))

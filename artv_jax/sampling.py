@@ -49,7 +49,7 @@ from artv_jax.diffusion.schedule import Schedule, q_sample
 from artv_jax.models.artv import ARTV
 
 SAMPLERS = ("ddim", "dpm_solver")
-NUM_BRANCHES = 3  # (∅,∅), (R,∅), (R,c): one ART·V call per denoising step
+BRANCHES = (0, 1, 2)  # (∅,∅), (R,∅), (R,c), batched into one ART·V call per denoising step
 RESUME_FILE = "resume.npz"
 JSON_FILE = "sample.json"
 
@@ -110,6 +110,12 @@ class SamplerSettings:
       return ddim_timesteps(num_train_steps, self.num_steps, self.timestep_spacing)
     return dpm_solver_timesteps(num_train_steps, self.num_steps, self.timestep_spacing)
 
+  @property
+  def branches(self) -> tuple[int, ...]:
+    """The guidance branches the network evaluates: with s_ref = 1, ε(∅,∅) cancels out of
+    dual guidance (ε(R,∅) + s_txt·(ε(R,c) − ε(R,∅))), so its third of the work is skipped."""
+    return BRANCHES[1:] if self.ref_scale == 1 else BRANCHES
+
 
 @struct.dataclass
 class PromptTable:
@@ -144,15 +150,17 @@ class Carry:
 
 @struct.dataclass
 class FrameInputs:
-  """The conditioning of one frame for the three guidance branches, fixed over its steps.
+  """The conditioning of one frame for the guidance branches, fixed over its steps.
+
+  N is ``len(settings.branches)``: 3 for (∅,∅), (R,∅), (R,c), or 2 without (∅,∅).
 
   Attributes:
-    text: [3, S, D] null, null, prompt.
-    refs: [3, K, h, w, C] noise-augmented references.
-    anchor: [3, h, w, C] noise-augmented anchor.
-    ref_noise_level: [3] int32 s.
-    keep_refs: [3] bool: False, True, True (all False for a text-to-image frame).
-    z_ref: [3, h, w, C] the clean previous latent: the mask's copy source.
+    text: [N, S, D] null, null, prompt.
+    refs: [N, K, h, w, C] noise-augmented references.
+    anchor: [N, h, w, C] noise-augmented anchor.
+    ref_noise_level: [N] int32 s.
+    keep_refs: [N] bool: False, True, True (all False for a text-to-image frame).
+    z_ref: [N, h, w, C] the clean previous latent: the mask's copy source.
   """
   text: jax.Array
   refs: jax.Array
@@ -220,7 +228,7 @@ def carry_from_latents(latents: jax.Array, num_ref_frames: int, rng: jax.Array) 
 def frame_inputs(schedule: Schedule, settings: SamplerSettings, text: jax.Array,
                  null_text: jax.Array, refs: jax.Array, anchor: jax.Array,
                  text_to_image: jax.Array, rng: jax.Array) -> FrameInputs:
-  """The three branches' conditioning for one frame.
+  """The conditioning of the branches ``settings.branches`` for one frame.
 
   Args:
     text, null_text: [S, D] states of the frame's prompt and of the empty prompt.
@@ -233,12 +241,13 @@ def frame_inputs(schedule: Schedule, settings: SamplerSettings, text: jax.Array,
   cond = jnp.concatenate([refs, anchor[None]], axis=0)
   level = jnp.asarray(settings.ref_noise_level, jnp.int32)
   cond = q_sample(schedule, cond, level, jax.random.normal(rng, cond.shape, cond.dtype))
-  batch = lambda a: jnp.broadcast_to(a, (NUM_BRANCHES,) + a.shape)
+  branches = np.asarray(settings.branches)
+  batch = lambda a: jnp.broadcast_to(a, (len(branches),) + a.shape)
   return FrameInputs(
-      text=jnp.stack([null_text, null_text, text]),
+      text=jnp.stack([null_text, null_text, text])[branches],
       refs=batch(cond[:-1]), anchor=batch(cond[-1]),
-      ref_noise_level=jnp.full((NUM_BRANCHES,), level),
-      keep_refs=jnp.array([False, True, True]) & ~text_to_image,
+      ref_noise_level=jnp.full((len(branches),), level),
+      keep_refs=jnp.array([False, True, True])[branches] & ~text_to_image,
       z_ref=batch(refs[0]))
 
 
@@ -249,13 +258,16 @@ def guided_prediction(model: ARTV, params: Any, schedule: Schedule, settings: Sa
 
   x_t: [h, w, C]; t: [] int -> (prediction [h, w, C], mask of the (R, c) branch [h, w, 1]).
   """
-  x3 = jnp.broadcast_to(x_t, (NUM_BRANCHES,) + x_t.shape)
-  t3 = jnp.full((NUM_BRANCHES,), t, jnp.int32)
-  output, mask = model.apply({"params": params}, x3, t3, inputs.text, inputs.refs,
+  n = len(settings.branches)
+  x_n = jnp.broadcast_to(x_t, (n,) + x_t.shape)
+  t_n = jnp.full((n,), t, jnp.int32)
+  output, mask = model.apply({"params": params}, x_n, t_n, inputs.text, inputs.refs,
                              inputs.anchor, inputs.ref_noise_level, inputs.keep_refs)
-  pred = masked_prediction(schedule, output, mask, x3, inputs.z_ref, t3,
+  pred = masked_prediction(schedule, output, mask, x_n, inputs.z_ref, t_n,
                            settings.prediction_type)
-  return dual_cfg(pred[0], pred[1], pred[2], settings.ref_scale, settings.text_scale), mask[2]
+  # Without the (∅,∅) branch, ε(R,∅) stands in for it: its s_ref = 1 term is then zero.
+  none, ref, ref_text = pred if n == 3 else (pred[0], pred[0], pred[1])
+  return dual_cfg(none, ref, ref_text, settings.ref_scale, settings.text_scale), mask[-1]
 
 
 def solver_init(settings: SamplerSettings, x_t: jax.Array) -> Any:

@@ -10,8 +10,9 @@ timings do not depend on them):
      chunk by the compiled ``sample_chunk`` (compilation excluded), and of a few frames at
      those depths into a video, interleaved (robust to a changing load): flat means the cost
      of a frame does not depend on how long the video is;
-  2. the sampler's overhead over bare ART·V evaluations: the same number of 3-branch network
-     calls in one compiled loop, without guidance, masking, solver, RNG or carry;
+  2. the sampler's overhead over bare ART·V evaluations: the same number of network calls on
+     the guidance branches' batch (3, or 2 where s_ref = 1) in one compiled loop, without
+     guidance, masking, solver, RNG or carry;
   3. the same video from ``sample_reference`` (a Python loop over a jitted denoising step),
      as a time ratio to the scan, and the largest difference between the two;
   4. a whole ``generate_video`` run (decoding, mp4/gif/contact sheet) of ``--output-frames``
@@ -113,6 +114,7 @@ def main():
   settings = sampling.SamplerSettings.from_config(sample, schedule.prediction_type)
   chunk = int(sample.chunk_frames)
   dim = model.unet.cross_attention_dim
+  branches = len(settings.branches)
 
   def encode_text(prompts):  # random text states: the cost is in the sampler, not here
     return jax.random.normal(jax.random.key(len(prompts)), (len(prompts), text_len, dim))
@@ -122,7 +124,8 @@ def main():
         f"{common.load_average():.1f}")
   print(f"config {os.path.relpath(args.config)}: UNet {tuple(model.unet.block_out_channels)}, "
         f"latents {latent_shape}, text [{text_len}, {dim}], {settings.sampler} "
-        f"{settings.num_steps} steps, chunks of {chunk} frames, 3 network branches per step")
+        f"{settings.num_steps} steps, chunks of {chunk} frames, {branches} network branches "
+        "per step")
 
   def run_chunk(carry, end):
     carry, latents, _ = sampling.sample_chunk(model, params, schedule, settings, table, carry,
@@ -167,7 +170,7 @@ def main():
     carry = start_carry if p == 0 else deep_carry.replace(frame=jnp.asarray(p, jnp.int32))
     return run_chunk(carry, p + k)[1][:k]
 
-  # 2. Bare network calls: k x steps calls of the 3-branch batch, with the inputs as arguments
+  # 2. Bare network calls: k x steps calls of the branches' batch, with the inputs as arguments
   # (closed-over constants would let XLA fold the reference pathway).
   inputs = sampling.frame_inputs(schedule, settings, table.text[0], table.null_text,
                                  start_carry.refs, start_carry.anchor, jnp.asarray(False),
@@ -177,7 +180,7 @@ def main():
   @jax.jit
   def bare(params, inputs, x, timesteps):
     def call(x, t):
-      out, _ = model.apply({"params": params}, x, jnp.full((3,), t), inputs.text, inputs.refs,
+      out, _ = model.apply({"params": params}, x, jnp.full((branches,), t), inputs.text, inputs.refs,
                            inputs.anchor, inputs.ref_noise_level, inputs.keep_refs)
       return out, None  # the output feeds the next call, as in sampling
     return jax.lax.scan(call, x, timesteps)[0]
@@ -190,7 +193,7 @@ def main():
   variants = {f"scan from frame {p}": functools.partial(scan_from, p) for p in lengths}
   variants.update({"scan from frame 0": functools.partial(scan_from, 0),
                    "bare network calls": functools.partial(
-                       bare, params, inputs, jnp.zeros((3,) + latent_shape), timesteps),
+                       bare, params, inputs, jnp.zeros((branches,) + latent_shape), timesteps),
                    "Python loop, jitted step": python_loop})
   timings = {name: [] for name in variants}
   for name, fn in variants.items():  # compiles
@@ -215,7 +218,7 @@ def main():
   ratio = lambda a, b: (f"{ms[a] / ms[b]:.3f} (medians {ms[a]:.1f} / {ms[b]:.1f} ms/frame), "
                         f"{fastest[a] / fastest[b]:.3f} (minima)")
   print(f"2. sampler / bare network calls ({k} frames x {steps} steps, "
-        f"{ms[bare_name] / steps:.2f} ms per 3-branch call): {ratio(scan(0), bare_name)}")
+        f"{ms[bare_name] / steps:.2f} ms per {branches}-branch call): {ratio(scan(0), bare_name)}")
   difference = float(jnp.abs(python_loop() - scan_from(0)).max())
   print(f"3. Python loop over a jitted step / scan: {ratio(loop_name, scan(0))}; max "
         f"|difference| of the videos {difference:.1e}\n")

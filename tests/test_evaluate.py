@@ -59,7 +59,7 @@ def test_eval_writes_the_run_row_with_the_metrics_and_plots(evaluated):
 @pytest.mark.slow
 def test_eval_generates_each_heldout_schedule_into_its_own_folder(evaluated):
   config, workdir, _ = evaluated
-  backgrounds = tfds_synthetic.builder_config(32, config.data.variant).backgrounds
+  backgrounds = tfds_synthetic.builder_config(config.data.resolution, config.data.variant).backgrounds
   schedules = prompts.heldout_schedules(NUM_FRAMES, config.eval.num_segments, backgrounds)
   for i in range(NUM_VIDEOS):
     with open(os.path.join(workdir, "eval", str(i), "sample.json")) as f:

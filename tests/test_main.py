@@ -55,8 +55,9 @@ def test_train_and_sample_writes_checkpoints_and_a_video(tmp_path):
   from artv_jax.data import pipeline
   from tests import tiny_config
   data_dir = tmp_path / "tfds"
-  pipeline.make_builder("synthetic_shapes", str(data_dir), resolution=32,
-                        variant=tiny_config.get_config().data.variant)
+  data = tiny_config.get_config().data
+  pipeline.make_builder("synthetic_shapes", str(data_dir), resolution=data.resolution,
+                        variant=data.variant)
   result = _main(f"--workdir={tmp_path}", "--mode=train_and_sample",
                  f"--config.data.data_dir={data_dir}", "--config.train.num_steps=2",
                  "--config.train.checkpoint_every=2")

@@ -134,6 +134,30 @@ def test_three_branches_in_one_call_equal_separate_calls(tiny):
   guided, expected = batched_and_separate()
   assert_close_to_video(guided, expected)
 
+@pytest.mark.parametrize("text_to_image", [False, True])
+def test_unit_ref_scale_skips_the_unconditional_branch(tiny, text_to_image):
+  """With s_ref = 1 two branches give the three-branch dual guidance."""
+  model, params, schedule, table = tiny
+  rngs = jax.random.split(jax.random.key(5), 4)
+  refs = jax.random.normal(rngs[0], (2,) + LATENT)
+  anchor = jax.random.normal(rngs[1], LATENT)
+  x_t = jax.random.normal(rngs[2], LATENT)
+  two = dataclasses.replace(SETTINGS, ref_scale=1.0)
+  three = dataclasses.replace(SETTINGS, ref_scale=1.0 + 1e-9)  # == 1 in float32, not in Python
+  assert two.branches == (1, 2) and three.branches == (0, 1, 2)
+
+  def guided(settings):
+    inputs = sampling.frame_inputs(schedule, settings, table.text[1], table.null_text, refs,
+                                   anchor, jnp.asarray(text_to_image), rngs[3])
+    assert inputs.text.shape[0] == len(settings.branches)
+    return sampling.guided_prediction(model, params, schedule, settings, inputs, x_t,
+                                      jnp.int32(500))
+
+  (pred_two, mask_two), (pred_three, mask_three) = guided(two), guided(three)
+  assert_close_to_video(pred_two, pred_three)
+  assert_close_to_video(mask_two, mask_three)
+
+
 
 @pytest.mark.parametrize("mode, num_given", [("text_to_video", 0), ("image_to_video", 1),
                                              ("continuation", 3)])

@@ -58,11 +58,12 @@ def test_two_processes_agree_with_one_process():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  """The 32px synthetic data set, built once for every run of this module."""
+  """The tiny config's synthetic data set, built once for every run of this module."""
   from artv_jax.data import pipeline
   path = str(tmp_path_factory.mktemp("tfds"))
-  pipeline.make_builder("synthetic_shapes", path, resolution=32,
-                        variant=tiny_config.get_config().data.variant)
+  data = tiny_config.get_config().data
+  pipeline.make_builder("synthetic_shapes", path, resolution=data.resolution,
+                        variant=data.variant)
   return path
 
 

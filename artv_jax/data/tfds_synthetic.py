@@ -59,25 +59,29 @@ class ArtvSyntheticShapes(tfds.core.GeneratorBasedBuilder):
   """Coloured shapes moving on a textured background, captioned."""
 
   name = "artv_synthetic_shapes"
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {"1.0.0": "First release.",
                    "1.1.0": "Train clips may turn: 'prompts' and 'prompt_starts'.",
                    "1.2.0": "Walled clips, and clips that turn every few frames; the demo "
-                            "mix has both."}
+                            "mix has both.",
+                   "1.3.0": "The demo mix is 16x16 (16px_demo, was 32px_demo), its objects "
+                            "larger and faster (2 pixels a frame), its turns every 3 to 8 "
+                            "frames."}
   BUILDER_CONFIGS = [
       SyntheticShapesConfig(name="32px", description="32x32, 24 frames."),
       SyntheticShapesConfig(name="64px", height=64, width=64,
                             description="64x64, 24 frames."),
       # The demo's: a model trained in minutes learns motion it can see, so its objects are
-      # large, move a fixed 2 pixels a frame, and stand on one background. They are walled:
-      # at 32x32 a wrapping object this size is split across an edge in most frames, and
-      # a small UNet does not learn to join the halves, so it loses the shape. Turning
-      # every few frames, they cross the frame and rest against its edges in every clip.
-      SyntheticShapesConfig(name="32px_demo", size_range=(0.2, 0.25),
-                            speed_range=(0.0625, 0.0625), backgrounds=("gray",),
-                            walled=True, turn_probability=0.0, segment_frames=(4, 12),
-                            description="32x32, 24 frames; large walled objects, fixed "
-                                        "speed, gray; a turn every 4 to 12 frames."),
+      # large (a radius of 4 to 5 of 16 pixels), move a fixed 2 pixels a frame, and stand on
+      # one background. They are walled: a wrapping object this size is split across an
+      # edge in most frames, and a small UNet does not learn to join the halves, so it loses
+      # the shape. Turning every few frames, they cross the frame and rest against its edges
+      # in every clip.
+      SyntheticShapesConfig(name="16px_demo", height=16, width=16, size_range=(0.25, 0.3),
+                            speed_range=(0.125, 0.125), backgrounds=("gray",),
+                            walled=True, turn_probability=0.0, segment_frames=(3, 8),
+                            description="16x16, 24 frames; large walled objects, fixed "
+                                        "speed, gray; a turn every 3 to 8 frames."),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:

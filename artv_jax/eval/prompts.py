@@ -87,13 +87,14 @@ def heldout_schedules(num_frames: int = 256, num_segments: int = 4,
 
 def render_schedule(schedule: Sequence[Sequence], num_frames: int, height: int, width: int, *,
                     start_xy: tuple[float, float] = (0.5, 0.5), size: float = 0.16,
-                    speed: float = 0.035,
-                    bounce_angle: float = 45.0) -> tuple[np.ndarray, np.ndarray]:
+                    speed: float = 0.035, bounce_angle: float = 45.0,
+                    walled: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Ground truth of a schedule: the object moves as the active prompt says.
 
   The first frame of each later segment is one step of the new motion away from the last
   frame of the previous one, so the motion from frame t-1 to frame t is always the one of the
-  prompt active at frame t.
+  prompt active at frame t. Directional motions wrap around the frame, or with ``walled``
+  stop at its edge (the synthetic clips' ``walled``).
 
   Returns:
     frames: [T, H, W, 3] uint8.
@@ -105,7 +106,7 @@ def render_schedule(schedule: Sequence[Sequence], num_frames: int, height: int, 
     spec = synthetic_shapes.ClipSpec(
         color=segment.color, shape=segment.shape, motion=segment.motion,
         background=segment.background, start_xy=tuple(position), size=size, speed=speed,
-        bounce_angle=bounce_angle)
+        bounce_angle=bounce_angle, walled=walled)
     if k > 0:
       position = position + np.asarray(synthetic_shapes.velocity_xy(spec))
       if segment.motion == "bounce":
@@ -114,6 +115,8 @@ def render_schedule(schedule: Sequence[Sequence], num_frames: int, height: int, 
               f"cannot switch into 'bounce' at frame {segment.start}: the object at "
               f"{tuple(position)} (frame fractions) is not fully inside the frame; "
               "switch into a directional motion instead")
+      elif walled:
+        position = np.clip(position, size, 1.0 - size)
       else:
         position = np.mod(position, 1.0)
       spec = dataclasses.replace(spec, start_xy=tuple(position))

@@ -19,7 +19,9 @@ achromatic background, so a generated frame is read without any model:
               The direction of step t (frame t-1 -> t, wrap-aware) is "static" below a
               minimum speed, the axis direction within a tolerance of an axis, else "bounce"
               (diagonal); a frame's direction is the majority over a centred window of steps,
-              which also absorbs the single odd step of a bounce's reflection. Frames whose
+              which also absorbs the single odd step of a bounce's reflection. For models of
+              walled clips (`Settings.walled`), a static object touching the edge its prompt
+              moves towards follows the prompt: it has arrived. Frames whose
               window spans a prompt switch are left out of direction following; switch
               latency scores them.
   smoothness  mean |third difference| of the centroid (wrap-aware), in pixels / frame^3,
@@ -59,6 +61,9 @@ class Settings:
   direction_window: int = 5  # Steps in the majority vote for a frame's direction (odd).
   drift_frames: tuple[int, ...] = (64, 256, 1024)  # Drift reported at these frame counts ...
   drift_window: int = 8  # ... as the mean over the last `drift_window` frames up to them.
+  # Objects of walled clips stop at the frame's edge: resting against the edge a prompt's
+  # direction moves towards then follows it.
+  walled: bool = False
 
   def __post_init__(self):
     if self.direction_window < 1 or self.direction_window % 2 == 0:
@@ -267,6 +272,22 @@ def drift_curves(frames: np.ndarray, detections: Detections,
   return {"color": color, "size": size, "background": background_drift}
 
 
+def _against_edge(object_masks: np.ndarray, center_xy: np.ndarray,
+                  motions: np.ndarray) -> np.ndarray:
+  """[T] bool: the object touches the frame's edge that motions[t] moves towards (False for
+  motions without one). object_masks [T, H, W] include a margin that wraps around the
+  frame, so the centre [T, 2] must be on that edge's half too."""
+  height, width = object_masks.shape[1:]
+  x, y = center_xy[:, 0], center_xy[:, 1]
+  with np.errstate(invalid="ignore"):  # NaN centres of absent objects compare False
+    touching = {"right": object_masks[:, :, -1].any(axis=1) & (x > width / 2),
+                "left": object_masks[:, :, 0].any(axis=1) & (x < width / 2),
+                "down": object_masks[:, -1, :].any(axis=1) & (y > height / 2),
+                "up": object_masks[:, 0, :].any(axis=1) & (y < height / 2)}
+  return np.array([motion in touching and bool(touching[motion][t])
+                   for t, motion in enumerate(motions)], bool)
+
+
 def _fraction(hits: np.ndarray) -> float:
   return float(hits.mean()) if hits.size else math.nan
 
@@ -304,6 +325,9 @@ def evaluate_video(frames: np.ndarray, prompt_schedule: Sequence[Sequence],
   color_ok = detections.color == active["color"]
   shape_ok = detections.shape == active["shape"]
   direction_ok = directions == active["motion"]
+  if settings.walled:
+    direction_ok |= (directions == "static") & _against_edge(
+        object_masks, detections.center_xy, active["motion"])
 
   # Direction is scored where its window of steps lies within one prompt.
   half = settings.direction_window // 2

@@ -151,3 +151,19 @@ def test_aggregate_averages_metrics_and_curves_of_unequal_videos():
   result = sm.aggregate([short, long])
   assert result["metrics"] == {"a": 2.0, "b": 5.0} and result["num_videos"] == 2
   np.testing.assert_allclose(result["curves"]["c"], [1.0, 3.0, 6.0])
+
+
+def test_resting_against_the_edge_ahead_follows_a_walled_prompt():
+  # Right, then down: walled, the object reaches the right edge, rests, then the bottom one.
+  schedule = ((0, "a red circle moves right on a gray background"),
+              (24, "a red circle moves down on a gray background"))
+  frames, centers = prompts.render_schedule(schedule, 48, RES, RES, walled=True, speed=0.05)
+  assert np.ptp(centers[12:24, 0]) == 0 and np.ptp(centers[40:, 1]) == 0  # resting
+  walled = sm.evaluate_video(frames, schedule, sm.Settings(walled=True))["metrics"]
+  assert walled["following/direction"] == 1.0
+  assert sm.evaluate_video(frames, schedule)["metrics"]["following/direction"] < 0.75
+  # Resting against the opposite edge does not follow.
+  wrong = ((0, "a red circle moves left on a gray background"),
+           (24, "a red circle moves up on a gray background"))
+  scored = sm.evaluate_video(frames, wrong, sm.Settings(walled=True))["metrics"]
+  assert scored["following/direction"] == 0.0
