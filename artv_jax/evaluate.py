@@ -84,6 +84,11 @@ def heldout_clips(indices: Sequence[int], length: int, resolution: int, seed: in
       for index in indices])
 
 
+def trained_mix(config: ml_collections.ConfigDict) -> tfds_synthetic.SyntheticShapesConfig:
+  """The synthetic clip mix the run was trained on (``config.data.variant``)."""
+  return tfds_synthetic.builder_config(config.data.resolution, config.data.variant)
+
+
 def _check_config(config: ml_collections.ConfigDict) -> tuple[prompts.Schedule, ...]:
   """The held-out schedules ``config.eval`` asks for; raises on a config that cannot work."""
   if config.data.dataset != "synthetic_shapes":
@@ -92,8 +97,8 @@ def _check_config(config: ml_collections.ConfigDict) -> tuple[prompts.Schedule, 
         f"config.data.dataset is '{config.data.dataset}'; evaluate a model trained on "
         "'synthetic_shapes' (configs/demo.py, configs/ablations/).")
   e = config.eval
-  trained_on = tfds_synthetic.builder_config(config.data.resolution, config.data.variant)
-  schedules = prompts.heldout_schedules(e.num_frames, e.num_segments, trained_on.backgrounds)
+  schedules = prompts.heldout_schedules(e.num_frames, e.num_segments,
+                                        trained_mix(config).backgrounds)
   if not 1 <= e.num_videos <= len(schedules):
     raise ValueError(f"config.eval.num_videos={e.num_videos} must be in [1, "
                      f"{len(schedules)}] (one video per held-out colour/shape/motion triple).")
@@ -217,8 +222,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   manager.close()
   eval_dir = os.path.join(workdir, EVAL_DIR)
   inputs = generate.video_inputs(trainer, config)
-  trained_on = tfds_synthetic.builder_config(config.data.resolution, config.data.variant)
-  settings = synthetic_metrics.Settings(walled=trained_on.walled)
+  settings = synthetic_metrics.Settings(walled=trained_mix(config).walled)
   scores = []
   for i, schedule in enumerate(schedules):
     frames = generate_heldout_video(trainer, params, config, schedule,

@@ -180,8 +180,8 @@ def main():
   @jax.jit
   def bare(params, inputs, x, timesteps):
     def call(x, t):
-      out, _ = model.apply({"params": params}, x, jnp.full((branches,), t), inputs.text, inputs.refs,
-                           inputs.anchor, inputs.ref_noise_level, inputs.keep_refs)
+      out, _ = model.apply({"params": params}, x, jnp.full((branches,), t), inputs.text,
+                           inputs.refs, inputs.anchor, inputs.ref_noise_level, inputs.keep_refs)
       return out, None  # the output feeds the next call, as in sampling
     return jax.lax.scan(call, x, timesteps)[0]
 

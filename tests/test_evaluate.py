@@ -9,7 +9,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from artv_jax import evaluate, train
-from artv_jax.data import tfds_synthetic
 from artv_jax.eval import prompts
 from configs import demo
 from configs.ablations import full, masked, plain_ar, ref_noise
@@ -59,7 +58,7 @@ def test_eval_writes_the_run_row_with_the_metrics_and_plots(evaluated):
 @pytest.mark.slow
 def test_eval_generates_each_heldout_schedule_into_its_own_folder(evaluated):
   config, workdir, _ = evaluated
-  backgrounds = tfds_synthetic.builder_config(config.data.resolution, config.data.variant).backgrounds
+  backgrounds = evaluate.trained_mix(config).backgrounds
   schedules = prompts.heldout_schedules(NUM_FRAMES, config.eval.num_segments, backgrounds)
   for i in range(NUM_VIDEOS):
     with open(os.path.join(workdir, "eval", str(i), "sample.json")) as f:

@@ -134,6 +134,7 @@ def test_three_branches_in_one_call_equal_separate_calls(tiny):
   guided, expected = batched_and_separate()
   assert_close_to_video(guided, expected)
 
+
 @pytest.mark.parametrize("text_to_image", [False, True])
 def test_unit_ref_scale_skips_the_unconditional_branch(tiny, text_to_image):
   """With s_ref = 1 two branches give the three-branch dual guidance."""
@@ -156,7 +157,6 @@ def test_unit_ref_scale_skips_the_unconditional_branch(tiny, text_to_image):
   (pred_two, mask_two), (pred_three, mask_three) = guided(two), guided(three)
   assert_close_to_video(pred_two, pred_three)
   assert_close_to_video(mask_two, mask_three)
-
 
 
 @pytest.mark.parametrize("mode, num_given", [("text_to_video", 0), ("image_to_video", 1),

@@ -1,4 +1,4 @@
-"""The demo config shrunk for tests: a tiny pixel-space ART·V on the demo's 16px synthetic clips."""
+"""The demo config shrunk for tests: a tiny pixel-space ART·V on the demo's 16px clips."""
 import ml_collections
 
 from configs import demo
