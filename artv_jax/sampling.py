@@ -40,7 +40,6 @@ from absl import logging
 from flax import struct
 from tqdm import tqdm
 
-from artv_jax import video_writer
 from artv_jax.diffusion.ddim import ddim_step, ddim_timesteps
 from artv_jax.diffusion.dpm_solver import dpm_solver_init, dpm_solver_step, dpm_solver_timesteps
 from artv_jax.diffusion.guidance import dual_cfg
@@ -361,6 +360,37 @@ def sample_chunk(model: ARTV, params: Any, schedule: Schedule, settings: Sampler
   return carry, latents, mask_means
 
 
+@functools.partial(jax.jit, static_argnames=("model", "settings", "num_frames"))
+def sample_chunks(model: ARTV, params: Any, schedule: Schedule, settings: SamplerSettings,
+                  prompts: PromptTable, carries: Carry, end_frame: jax.Array, *,
+                  num_frames: int) -> tuple[Carry, jax.Array, jax.Array]:
+  """:func:`sample_chunk` for V videos in step, one network call per denoising step for all.
+
+  ``carries`` has a leading [V] axis on every field (e.g. ``jax.vmap(initial_carry)`` of V
+  keys), all at the same frame; the videos share the prompt schedule. Each video equals the
+  one :func:`sample_chunk` makes from its carry.
+
+  Returns:
+    (carries after the chunk, latents [V, num_frames, h, w, C], mask means [V, num_frames]).
+  """
+  def frame(carries, _):
+    def generate(carries):
+      return jax.vmap(lambda carry: sample_frame(model, params, schedule, settings, prompts,
+                                                 carry))(carries)
+
+    def skip(carries):
+      return (carries, jnp.zeros_like(carries.anchor),
+              jnp.zeros(carries.frame.shape, jnp.float32))
+
+    # One frame index for all: a batched predicate would make the cond run both branches.
+    carries, latents, mask_means = jax.lax.cond(carries.frame[0] < end_frame, generate, skip,
+                                                carries)
+    return carries, (latents, mask_means)
+
+  carries, (latents, mask_means) = jax.lax.scan(frame, carries, length=num_frames)
+  return carries, jnp.swapaxes(latents, 0, 1), jnp.swapaxes(mask_means, 0, 1)
+
+
 _jitted_denoise_step = jax.jit(denoise_step, static_argnums=(0, 3))
 
 
@@ -524,6 +554,7 @@ def generate_video(model: ARTV, params: Any, schedule: Schedule,
   Returns:
     VideoResult.
   """
+  from artv_jax import video_writer  # ffmpeg: only where files are written.
   settings = SamplerSettings.from_config(sample, schedule.prediction_type)
   num_frames, chunk_frames = int(sample.num_frames), int(sample.chunk_frames)
   prompts = sample.prompts

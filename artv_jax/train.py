@@ -10,7 +10,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 import flax
 import jax
@@ -23,13 +23,15 @@ from absl import logging
 from flax import traverse_util
 
 from artv_jax import parallel
-from artv_jax.data import pipeline
 from artv_jax.diffusion.masked_loss import masked_diffusion_loss
 from artv_jax.diffusion.schedule import SD_SCHEDULER_CONFIG, Schedule, schedule_from_config
 from artv_jax.models.artv import ARTV, artv_unet, init_artv_params
 from artv_jax.models.clip_text import CLIPTextModel
 from artv_jax.models.unet import UNet2DConditionModel
 from artv_jax.models.vae import AutoencoderKL, DiagonalGaussian
+
+if TYPE_CHECKING:  # The input pipeline (TensorFlow) is imported where the data is read, so
+  from artv_jax.data import pipeline  # the step and the models import on hosts without TF.
 
 
 @flax.struct.dataclass
@@ -94,13 +96,14 @@ def build_models(config: ml_collections.ConfigDict, rng: jax.Array, workdir: str
   if m.pretrained:
     sd = load_pretrained(m.pretrained, dtype=dtype)
     unet, text_encoder, vae, tokenizer = sd.unet, sd.text_encoder, sd.vae, sd.tokenizer
-    unet = unet.clone(remat=m.remat)
+    unet = unet.clone(remat=m.remat, remat_policy=m.remat_policy, attention=m.attention)
     scheduler = sd.config["scheduler"]
     frozen = {"text_encoder": sd.params["text_encoder"], "vae": sd.params["vae"]}
     pretrained_unet = sd.params["unet"]
   else:
     tokenizer = load_tokenizer(config, workdir)
-    unet = UNet2DConditionModel.from_config(m.unet.to_dict(), dtype=dtype, remat=m.remat)
+    unet = UNet2DConditionModel.from_config(m.unet.to_dict(), dtype=dtype, remat=m.remat,
+                                            remat_policy=m.remat_policy, attention=m.attention)
     text_encoder = CLIPTextModel.from_config(m.text_encoder.to_dict(), dtype=dtype,
                                              vocab_size=len(tokenizer))
     vae = (AutoencoderKL.from_config(m.vae.to_dict(), dtype=dtype)
@@ -260,6 +263,11 @@ def batch_loss(params: Any, frozen: dict, batch: dict, rng: jax.Array, *, models
   'tokens' [B, L] int32; or, from a pre-encoded data set, 'target_moments' [B, h, w, 2C],
   'refs_moments' [B, K, h, w, 2C], 'anchor_moments' [B, h, w, 2C], 'text_states' [B, L, D].
   """
+  if config.mesh.gather_dtype == "compute":  # Gathered (and reduce-scattered) in bf16.
+    params, frozen = jax.tree.map(lambda p: p.astype(compute_dtype(config)), (params, frozen))
+  elif config.mesh.gather_dtype != "float32":
+    raise ValueError(f"config.mesh.gather_dtype '{config.mesh.gather_dtype}' is not "
+                     "'float32' or 'compute'.")
   params, frozen = parallel.gather_params((params, frozen), mesh)
   encode_rng, loss_rng = jax.random.split(rng)
   target, refs, anchor = batch_latents(models, frozen, batch, encode_rng)
@@ -338,6 +346,7 @@ def train_step(state: TrainState, batch: dict, frozen: dict, *, models: Models,
 class Trainer(NamedTuple):
   """Everything a training loop needs: networks, the compiled sharded step, how to init."""
   models: Models
+  optimizer: optax.GradientTransformation
   step_fn: Callable  # (state, global batch, frozen) -> (state, metrics), jitted and sharded
   init_fn: Callable  # () -> TrainState (unsharded; jit it with out_shardings=state_sharding)
   abstract_state: TrainState  # shapes only
@@ -363,14 +372,23 @@ def make_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
   if config.data.precomputed_dir:  # The step never runs the VAE: keep it off the devices.
     frozen_params = {"text_encoder": frozen_params["text_encoder"]}
   frozen_sharding = parallel.param_sharding(mesh, frozen_params, min_size)
-  step_fn = jax.jit(
+  step_fn = jit_train_step(config, models, optimizer, mesh, state_sharding, frozen_sharding)
+  frozen = parallel.shard_pytree(frozen_params, frozen_sharding)
+  return Trainer(models, optimizer, step_fn, init_fn, abstract_state, state_sharding, frozen,
+                 mesh)
+
+
+def jit_train_step(config: ml_collections.ConfigDict, models: Models,
+                   optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                   state_sharding: Any, frozen_sharding: Any, donate: bool = True) -> Callable:
+  """:func:`train_step` jitted over the mesh: (state, global batch, frozen) -> (state,
+  metrics); ``donate``: the new state reuses the old one's memory."""
+  return jax.jit(
       functools.partial(train_step, models=models, optimizer=optimizer, config=config,
                         mesh=mesh),
       in_shardings=(state_sharding, parallel.batch_sharding(mesh), frozen_sharding),
       out_shardings=(state_sharding, parallel.replicated(mesh)),
-      donate_argnums=(0,))
-  frozen = parallel.shard_pytree(frozen_params, frozen_sharding)
-  return Trainer(models, step_fn, init_fn, abstract_state, state_sharding, frozen, mesh)
+      donate_argnums=(0,) if donate else ())
 
 
 def to_model_batch(trainer: Trainer, batch: dict) -> dict:
@@ -436,19 +454,20 @@ def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.C
 
 
 def restore_state(manager: ocp.CheckpointManager, trainer: Trainer, step: int,
-                  data: Optional[pipeline.TrainIterator] = None) -> TrainState:
+                  data: Optional["pipeline.TrainIterator"] = None) -> TrainState:
   """The state of checkpoint ``step``, laid out on the trainer's mesh; with ``data``, the
   input iterator is moved to the checkpoint's position too."""
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         trainer.abstract_state, trainer.state_sharding)
   items = {"state": ocp.args.StandardRestore(target)}
   if data is not None:
+    from artv_jax.data import pipeline  # pylint: disable=redefined-outer-name
     items["data"] = pipeline.TrainIteratorRestore(data)
   return manager.restore(step, args=ocp.args.Composite(**items)).state
 
 
 def restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer,
-                    data: pipeline.TrainIterator) -> TrainState:
+                    data: "pipeline.TrainIterator") -> TrainState:
   """The latest checkpoint (state, and ``data`` moved to its position), else a fresh state."""
   step = manager.latest_step()
   if step is None:
@@ -503,6 +522,7 @@ def prepare_dataset(config: ml_collections.ConfigDict, workdir: str):
   """The TFDS builder of ``config.data``: the pre-encoded one if set, else built by process 0
   while the others wait."""
   from jax.experimental import multihost_utils
+  from artv_jax.data import pipeline  # pylint: disable=redefined-outer-name
   d = config.data
   if d.precomputed_dir:
     from artv_jax.data import precompute
@@ -518,6 +538,7 @@ def prepare_dataset(config: ml_collections.ConfigDict, workdir: str):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains ART·V, resuming from the latest checkpoint in ``workdir``; returns the final state."""
   from tqdm import tqdm
+  from artv_jax.data import pipeline  # pylint: disable=redefined-outer-name
 
   os.makedirs(workdir, exist_ok=True)
   trainer = make_trainer(config, workdir)

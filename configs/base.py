@@ -36,6 +36,11 @@ def get_config() -> ml_collections.ConfigDict:
   model.mask_bias_init = 4.0  # initial mask logit: sigmoid(4) = 0.98, start as the image model
   model.dtype = "bfloat16"  # compute dtype; parameters stay float32
   model.remat = True  # gradient checkpointing of every UNet block
+  # With remat, a jax.checkpoint_policies name of the values kept inside a block (empty: none).
+  model.remat_policy = ""
+  # Attention lowering: 'auto' (the fastest measured on the backend), 'xla', 'cudnn' (GPU
+  # flash attention) or 'cpu_blocked' (models/sdpa.py).
+  model.attention = "auto"
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.max_ref_noise_level = 200  # s_max of reference noise augmentation (of 1000)
@@ -79,6 +84,9 @@ def get_config() -> ml_collections.ConfigDict:
   mesh.data = -1  # -1: all devices not used by fsdp
   mesh.fsdp = 1  # parameter/optimiser sharding axis
   mesh.min_shard_size = 2**14  # tensors with fewer elements stay replicated
+  # dtype the fsdp all-gather of the parameters moves: 'float32' (the master weights) or
+  # 'compute' (cast to model.dtype first: half the bytes in bf16, gradients reduced in it).
+  mesh.gather_dtype = "float32"
 
   config.sample = sample = ml_collections.ConfigDict()
   sample.num_frames = 64

@@ -181,6 +181,24 @@ def test_scan_sampler_equals_python_loop(tiny, mode, num_given):
   assert_close_to_video(carry.refs, expected[::-1][:2])
 
 
+def test_several_videos_at_once_equal_each_alone(tiny):
+  """Two seeds in one program: each video is the one sample_chunk makes; frames past the end
+  of the video are skipped (zeros) for all of them."""
+  model, params, schedule, table = tiny
+  keys = jax.random.split(jax.random.key(8), 2)
+  carries = jax.vmap(lambda k: sampling.initial_carry(LATENT, model.num_ref_frames, k))(keys)
+  num_frames = 5
+  out, latents, _ = sampling.sample_chunks(model, params, schedule, SETTINGS, table, carries,
+                                           jnp.int32(num_frames), num_frames=CHUNK)
+  assert latents.shape == (2, CHUNK) + LATENT
+  np.testing.assert_array_equal(out.frame, [num_frames, num_frames])
+  assert not np.asarray(latents[:, num_frames:]).any()
+  for v, key in enumerate(keys):
+    alone, _ = scan_video(model, params, schedule, SETTINGS, table,
+                          sampling.initial_carry(LATENT, model.num_ref_frames, key), num_frames)
+    assert_close_to_video(latents[v, :num_frames], alone)
+
+
 def test_dpm_solver_scan_equals_python_loop(tiny):
   model, params, schedule, table = tiny
   settings = sampling.SamplerSettings(num_steps=3, sampler="dpm_solver", text_scale=2.0,

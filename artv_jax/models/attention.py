@@ -12,9 +12,7 @@ from artv_jax.models.sdpa import dot_product_attention
 
 
 class Attention(nn.Module):
-  """Multi-head attention through :func:`artv_jax.models.sdpa.dot_product_attention`
-  (``jax.nn.dot_product_attention`` on GPU/TPU, where XLA may fuse it, e.g. cuDNN flash
-  attention; a faster form of the same math on CPU).
+  """Multi-head attention through :func:`artv_jax.models.sdpa.dot_product_attention`.
 
   x: [B, T, C], context: [B, S, C_ctx] or None (self-attention) -> [B, T, query_dim].
 
@@ -24,12 +22,14 @@ class Attention(nn.Module):
     qkv_bias: whether to_q/to_k/to_v have biases (False in the UNet, True in the VAE).
     upcast: compute attention in float32 even when ``dtype`` is lower (SD2's
       ``upcast_attention``; always on for the VAE).
+    implementation: lowering of the attention core ('auto', 'xla', 'cudnn', 'cpu_blocked').
   """
   query_dim: int
   heads: int
   dim_head: int
   qkv_bias: bool = False
   upcast: bool = False
+  implementation: str = "auto"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -45,7 +45,7 @@ class Attention(nn.Module):
     v = split_heads(dense(inner, self.qkv_bias, "to_v")(context))
     if self.upcast:
       q, k, v = (t.astype(jnp.float32) for t in (q, k, v))
-    out = dot_product_attention(q, k, v).astype(self.dtype)
+    out = dot_product_attention(q, k, v, self.implementation).astype(self.dtype)
     out = out.reshape(out.shape[:2] + (inner,))
     return dense(self.query_dim, True, "to_out_0")(out)
 
@@ -89,6 +89,7 @@ class BasicTransformerBlock(nn.Module):
   dim_head: int
   upcast_attention: bool = False
   dropout: float = 0.0
+  attention: str = "auto"  # lowering of the attention core (Attention.implementation)
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -96,7 +97,8 @@ class BasicTransformerBlock(nn.Module):
   def __call__(self, x: jax.Array, context: jax.Array, deterministic: bool = True) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     attention = lambda name: Attention(self.dim, self.heads, self.dim_head,
-                                       upcast=self.upcast_attention, name=name, **kw)
+                                       upcast=self.upcast_attention,
+                                       implementation=self.attention, name=name, **kw)
     norm = lambda name: nn.LayerNorm(epsilon=1e-5, name=name, **kw)
     x = x + attention("attn1")(norm("norm1")(x))
     x = x + attention("attn2")(norm("norm2")(x), context)
@@ -118,6 +120,7 @@ class Transformer2DModel(nn.Module):
   upcast_attention: bool = False
   norm_groups: int = 32
   dropout: float = 0.0
+  attention: str = "auto"  # lowering of the attention core (Attention.implementation)
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -135,7 +138,7 @@ class Transformer2DModel(nn.Module):
     x = proj(inner, "proj_in")(x).reshape(b, h * w, inner)
     for i in range(self.num_layers):
       x = BasicTransformerBlock(inner, self.heads, self.dim_head, self.upcast_attention,
-                                self.dropout, name=f"transformer_blocks_{i}", **kw)(
-                                    x, context, deterministic)
+                                self.dropout, self.attention, name=f"transformer_blocks_{i}",
+                                **kw)(x, context, deterministic)
     x = proj(c, "proj_out")(x.reshape(b, h, w, inner))
     return x + residual

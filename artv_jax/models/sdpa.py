@@ -1,20 +1,21 @@
 """Scaled dot-product attention, the core of every attention layer here, lowered per backend.
 
-GPUs and TPUs take ``jax.nn.dot_product_attention``, which XLA can hand to a fused kernel
-(cuDNN flash attention). On CPU that function is slow to differentiate: its softmax makes
-several passes over the [B, N, T, S] weights, and autodiff produces products contracting
-the major axis of those weights, which XLA:CPU's fast matmul (YNNPACK) does not take, so they
-fall back to a matmul several times slower. :func:`dot_product_attention` does the same
-math with a hand-written gradient whose products all have the layout the fast matmul takes,
-and normalises the softmax on the [T, D] output instead of the [T, S] weights.
+``implementation`` picks the lowering (``config.model.attention``):
+- 'xla': ``jax.nn.dot_product_attention`` as plain XLA ops (softmax of the whole [T, S]
+  weights);
+- 'cudnn': the same call with cuDNN's fused flash-attention kernel (GPU; bf16/fp16 inputs,
+  head width a multiple of 8 up to 128); other shapes and dtypes take 'xla';
+- 'cpu_blocked': the form below, for XLA:CPU;
+- 'auto': the fastest measured lowering of the backend (:data:`AUTO`; README, "Speed").
 
-It also goes through the queries a block at a time (a loop XLA keeps rolled), so the weights
-of one block stay in cache between the product that makes them, the softmax and the product
-that uses them, and the backward pass recomputes them from q and k instead of reading all of
-them back from memory, as flash attention does. Forward + backward of a 1024-token
-self-attention layer (batch 2, 2 heads of 32, projections included) on 2 cores: 9.6 ms in
-blocks of 256 queries, 20.6 ms on the whole [T, S] matrix with the weights kept for the
-backward pass.
+The CPU form exists because ``jax.nn.dot_product_attention`` is slow to differentiate on
+XLA:CPU: its softmax makes several passes over the [B, N, T, S] weights, and autodiff produces
+products contracting the major axis of those weights, which XLA:CPU's fast matmul (YNNPACK)
+does not take. :func:`_attention` does the same math with a hand-written gradient whose
+products all have the layout the fast matmul takes, normalises the softmax on the [T, D]
+output instead of the [T, S] weights, and goes through the queries a block at a time (a loop
+XLA keeps rolled), so the weights of one block stay in cache and the backward pass recomputes
+them from q and k instead of reading them back, as flash attention does.
 """
 import functools
 
@@ -27,18 +28,49 @@ import numpy as np
 BLOCK_BYTES = 4 * 2**20
 
 
-def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "cpu_blocked")
+# What 'auto' means on each backend: the fastest lowering measured there.
+AUTO = {"cpu": "cpu_blocked", "gpu": "xla", "tpu": "xla"}
+
+
+def resolve_implementation(implementation: str, backend: str) -> str:
+  """The lowering ``implementation`` stands for on ``backend`` ('auto' resolved); raises a
+  ValueError naming the field for an unknown name or cuDNN off a GPU."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"config.model.attention '{implementation}' is not one of "
+                     f"{IMPLEMENTATIONS}.")
+  if implementation == "auto":
+    return AUTO.get(backend, "xla")
+  if implementation == "cudnn" and backend != "gpu":
+    raise ValueError(f"config.model.attention 'cudnn' needs a GPU; this run's backend is "
+                     f"'{backend}' (use 'auto').")
+  return implementation
+
+
+def cudnn_supports(query: jax.Array, key: jax.Array) -> bool:
+  """Whether cuDNN's fused attention takes these inputs ([B, T, N, D] and [B, S, N, D])."""
+  width = query.shape[-1]
+  return (query.dtype in (jnp.bfloat16, jnp.float16) and key.dtype == query.dtype
+          and width % 8 == 0 and width <= 128)
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          implementation: str = "auto") -> jax.Array:
   """softmax(q k^T / sqrt(D)) v, per head, without masking.
 
   Args:
     query: [B, T, N, D].
     key, value: [B, S, N, D].
+    implementation: 'auto', 'xla', 'cudnn' or 'cpu_blocked' (module docstring).
 
   Returns:
-    [B, T, N, D] in query's dtype. On CPU the computation is float32 whatever the inputs.
+    [B, T, N, D] in query's dtype. 'cpu_blocked' computes in float32 whatever the inputs.
   """
-  if jax.default_backend() != "cpu":
-    return jax.nn.dot_product_attention(query, key, value)
+  implementation = resolve_implementation(implementation, jax.default_backend())
+  if implementation == "cudnn" and not cudnn_supports(query, key):
+    implementation = "xla"
+  if implementation != "cpu_blocked":
+    return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
   batch, tokens, heads, _ = query.shape
   heads_first = lambda x: jnp.swapaxes(x.astype(jnp.float32), 1, 2)  # [B, N, T, D]
   scale = np.float32(1 / np.sqrt(query.shape[-1]))

@@ -126,6 +126,11 @@ class UNet2DConditionModel(nn.Module):
     dropout: dropout rate inside the resnets (active when ``deterministic=False``).
     remat: rematerialise each down/mid/up block in the backward pass (gradient
       checkpointing: less activation memory, one more forward); parameters are unchanged.
+    remat_policy: with ``remat``, the name of a ``jax.checkpoint_policies`` policy saying
+      which values inside a block are kept rather than recomputed (e.g.
+      'dots_with_no_batch_dims_saveable'); empty keeps only the blocks' inputs.
+    attention: lowering of every attention core ('auto', 'xla', 'cudnn', 'cpu_blocked';
+      :mod:`artv_jax.models.sdpa`).
     dtype: compute dtype (e.g. ``jnp.bfloat16``); the output is always float32.
     param_dtype: dtype of the parameters.
   """
@@ -152,6 +157,8 @@ class UNet2DConditionModel(nn.Module):
   conv_out_kernel: int = 3
   dropout: float = 0.0
   remat: bool = False
+  remat_policy: str = ""
+  attention: str = "auto"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -235,8 +242,16 @@ class UNet2DConditionModel(nn.Module):
             down_attention, up_attention)
 
   def _block(self, cls, deterministic_argnum: int):
+    if not self.remat:
+      return cls
+    policy = None
+    if self.remat_policy:
+      policy = getattr(jax.checkpoint_policies, self.remat_policy, None)
+      if policy is None:
+        raise ValueError(f"remat_policy '{self.remat_policy}' is not a jax.checkpoint_policies "
+                         f"name (e.g. 'dots_with_no_batch_dims_saveable', 'dots_saveable').")
     # deterministic is a Python bool deciding dropout: static under remat.
-    return nn.remat(cls, static_argnums=(deterministic_argnum,)) if self.remat else cls
+    return nn.remat(cls, static_argnums=(deterministic_argnum,), policy=policy)
 
   @nn.compact
   def __call__(self, sample: jax.Array, timesteps: jax.Array,
@@ -285,7 +300,8 @@ class UNet2DConditionModel(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     block_kw = dict(use_linear_projection=self.use_linear_projection,
                     upcast_attention=self.upcast_attention, norm_groups=self.norm_num_groups,
-                    norm_eps=self.norm_eps, dropout=self.dropout, **kw)
+                    norm_eps=self.norm_eps, dropout=self.dropout, attention=self.attention,
+                    **kw)
 
     timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (batch,))
     features = timestep_features(timesteps, self.block_out_channels[0],

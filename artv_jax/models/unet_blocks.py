@@ -39,6 +39,7 @@ class _UNetBlock(nn.Module):
     upcast_attention: attention in float32 under a lower compute dtype (SD2.1).
     norm_groups, norm_eps: GroupNorm of the resnets (the transformers use eps 1e-6).
     dropout: dropout rate of the resnets (diffusers gives the transformers none).
+    attention: lowering of the transformers' attention core (Attention.implementation).
   """
   out_channels: int
   num_layers: int = 1
@@ -49,6 +50,7 @@ class _UNetBlock(nn.Module):
   norm_groups: int = 32
   norm_eps: float = 1e-5
   dropout: float = 0.0
+  attention: str = "auto"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -63,8 +65,9 @@ class _UNetBlock(nn.Module):
     return Transformer2DModel(
         heads=heads, dim_head=self.out_channels // heads, num_layers=self.transformer_layers,
         use_linear_projection=self.use_linear_projection,
-        upcast_attention=self.upcast_attention, norm_groups=self.norm_groups, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=f"attentions_{i}")(x, context, deterministic)
+        upcast_attention=self.upcast_attention, norm_groups=self.norm_groups,
+        attention=self.attention, dtype=self.dtype, param_dtype=self.param_dtype,
+        name=f"attentions_{i}")(x, context, deterministic)
 
 
 class DownBlock(_UNetBlock):

@@ -70,3 +70,28 @@ def test_large_logits_do_not_overflow():
   out = dot_product_attention(100 * q, k, v)  # Logits in the thousands: exp() would overflow.
   assert np.isfinite(np.asarray(out)).all()
   np.testing.assert_allclose(out, jax.nn.dot_product_attention(100 * q, k, v), atol=1e-4)
+
+
+def test_auto_is_the_blocked_form_on_cpu_and_xla_is_jax_nn():
+  q, k, v = _qkv(*SHAPES[1])
+  assert sdpa.resolve_implementation("auto", "cpu") == "cpu_blocked"
+  np.testing.assert_allclose(dot_product_attention(q, k, v, "xla"),
+                             jax.nn.dot_product_attention(q, k, v), atol=1e-6)
+  np.testing.assert_allclose(dot_product_attention(q, k, v, "cpu_blocked"),
+                             dot_product_attention(q, k, v, "xla"), atol=1e-5)
+
+
+def test_cudnn_off_a_gpu_and_unknown_names_are_config_errors():
+  with pytest.raises(ValueError, match="config.model.attention 'cudnn' needs a GPU"):
+    sdpa.resolve_implementation("cudnn", "cpu")
+  with pytest.raises(ValueError, match="config.model.attention 'flash' is not one of"):
+    sdpa.resolve_implementation("flash", "gpu")
+  assert sdpa.resolve_implementation("cudnn", "gpu") == "cudnn"
+
+
+def test_cudnn_takes_half_precision_heads_up_to_128_wide():
+  half = jnp.zeros((1, 4, 2, 64), jnp.bfloat16)
+  assert sdpa.cudnn_supports(half, half)
+  assert not sdpa.cudnn_supports(half.astype(jnp.float32), half.astype(jnp.float32))
+  wide = jnp.zeros((1, 4, 1, 512), jnp.bfloat16)  # The VAE's one 512-wide head.
+  assert not sdpa.cudnn_supports(wide, wide)

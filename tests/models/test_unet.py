@@ -145,7 +145,7 @@ def _tiny_model(**overrides) -> UNet2DConditionModel:
   return UNet2DConditionModel.from_config(TINY, **overrides)
 
 
-@pytest.mark.slow  # Compiles two backward passes: ~25 s of CPU.
+@pytest.mark.slow  # Compiles three backward passes: ~35 s of CPU.
 def test_remat_keeps_parameters_and_gradients():
   model = _tiny_model()
   sample, timesteps, context = _inputs(TINY)
@@ -159,14 +159,23 @@ def test_remat_keeps_parameters_and_gradients():
                    model.down_block_residual_shapes(BATCH, *sample.shape[1:3])])
   inputs = (_random_params(model, TINY), hooks)
 
-  def grads(remat):
-    loss = lambda p, h: jnp.sum(_tiny_model(remat=remat).apply(
+  def grads(remat, policy=""):
+    loss = lambda p, h: jnp.sum(_tiny_model(remat=remat, remat_policy=policy).apply(
         {"params": p}, sample, timesteps, context, **h) ** 2)
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(*inputs)
 
-  with_remat, without = grads(True), grads(False)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(
-      a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max())), with_remat, without)
+  without = grads(False)
+  for with_remat in grads(True), grads(True, "dots_with_no_batch_dims_saveable"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max())), with_remat, without)
+
+
+def test_unknown_remat_policy_is_named():
+  sample, timesteps, context = _inputs(TINY)
+  model = _tiny_model(remat=True, remat_policy="save_nothing_please")
+  with pytest.raises(ValueError, match="remat_policy 'save_nothing_please' is not a "
+                                       "jax.checkpoint_policies name"):
+    jax.eval_shape(model.init, jax.random.key(0), sample, timesteps, context)
 
 
 def test_bfloat16_compute_is_close_to_float32():
