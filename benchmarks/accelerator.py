@@ -113,6 +113,9 @@ def _parse_args(argv=None):
   parser.add_argument("--compile-threads", type=int, default=6,
                       help="lever steps compiled at once (XLA compiles release the GIL)")
   parser.add_argument("--commit", default="", help="recorded in the JSON")
+  parser.add_argument("--cache-dir", default="",
+                      help="JAX's persistent compilation cache (a rerun on the same machine "
+                           "skips the compiles); empty: none")
   args = parser.parse_args(argv)
   small = args.small
   defaults = dict(budget=300.0 if small else 450.0, batches="2" if small else "8,16,32,64",
@@ -142,11 +145,16 @@ class Run:
     """Whether ``what`` may start (the budget minus its estimated seconds is not spent);
     records a skip otherwise."""
     if self.elapsed() + estimate <= self.args.budget:
+      self.log(f"{what}")
       return True
     self.results["skipped"].append(f"{what} (at {self.elapsed():.0f} s, estimate "
                                    f"{estimate:.0f} s, budget {self.args.budget:.0f} s)")
     print(f"-- skipped {what}: budget", flush=True)
     return False
+
+  def log(self, message: str) -> None:
+    """A timestamped progress line: a run stopped by a time limit shows where it was."""
+    print(f"[{self.elapsed():6.1f} s] {message}", flush=True)
 
   def add(self, section: str, row: dict) -> None:
     self.results.setdefault(section, []).append(row)
@@ -597,14 +605,21 @@ def levers_for(args, backend: str) -> list[str]:
   return [n for n in names if backend == "gpu" or n not in GPU_ONLY]
 
 
-def section_levers(run: Run, bench: Bench, programs: dict, names: list[str]) -> list[str]:
-  """Each lever alone against the baseline; returns those that made the step faster."""
+def section_baseline(run: Run, bench: Bench, programs: dict) -> Optional[dict]:
+  """The train step as configs/base.py sets it, at --lever-batch."""
   batch = run.args.lever_batch
   baseline = train_variant(run, bench, programs, "train", "baseline", {}, {}, batch)
   if baseline:
     print_table(f"train: ART·V step as configs/base.py sets it (remat="
                 f"{bench.config.model.remat}, attention={bench.config.model.attention}), "
                 f"batch {batch}", [baseline], TRAIN_COLUMNS)
+  return baseline
+
+
+def section_levers(run: Run, bench: Bench, programs: dict, names: list[str],
+                   baseline: Optional[dict]) -> list[str]:
+  """Each lever alone against the baseline; returns those that made the step faster."""
+  batch = run.args.lever_batch
   helped = []
   for name in names:
     if not run.allows(f"levers/{name}", 5):
@@ -639,13 +654,11 @@ def combine(helped: list[str]) -> tuple[dict, dict]:
 
 
 def section_best(run: Run, bench: Bench, programs: dict, helped: list[str]) -> None:
-  """The helpful levers together at every --batches (compiled side by side first)."""
+  """The helpful levers together at every --batches (compiled already)."""
   args = run.args
   overrides, options = combine(helped)
   name = "+".join(helped) or "baseline"
   batches = [int(b) for b in args.batches.split(",")]
-  compile_many(programs, dict(train_job(bench, overrides, options, b) for b in batches),
-               args.compile_threads)
   for batch in batches:
     if run.allows(f"best/batch {batch}", 5):
       train_variant(run, bench, programs, "best", name, overrides, options, batch)
@@ -847,6 +860,9 @@ def main(argv=None):
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # PyTorch shares the card.
   common.use_cpu_flags()
   import jax
+  if args.cache_dir:
+    jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   run = Run(args)
   sections = set(args.sections.split(","))
   backend = jax.default_backend()
@@ -876,49 +892,59 @@ def main(argv=None):
     bench = build_bench(args, configs, workdir)
     fresh_state(bench)
     run.results["meta"]["build_s"] = time.perf_counter() - start
-
-    # Everything the first phase times, compiled side by side.
+    run.log("built the networks and a train state")
     programs: dict = {}
-    levers = levers_for(args, backend) if "levers" in sections else []
-    jobs = {}
-    batches = [int(b) for b in args.batches.split(",")]
-    if sections & {"train", "levers"}:
-      jobs.update(train_job(bench, overrides, options, args.lever_batch)
-                  for overrides, options in [({}, {})] + [LEVERS[n][1:] for n in levers])
-    if "train" in sections:
-      jobs.update(train_job(bench, {}, {}, b) for b in batches)
-    variants = sample_variants(args, backend) if sections & {"sample", "long"} else []
-    setup = sample_setup(run, bench, sorted({a for _, a, _ in variants}) or ["auto"])
-    for dtype, attention, videos in variants:
-      jobs[sample_key(dtype, attention, videos)] = (
-          functools.partial(setup.lower, dtype, attention, videos, args.chunk), {})
-    start = time.perf_counter()
-    compile_many(programs, jobs, args.compile_threads)
-    run.results["meta"]["phase1_compile_s"] = time.perf_counter() - start
-    print(f"compiled {len(jobs)} programs side by side in "
-          f"{run.results['meta']['phase1_compile_s']:.0f} s", flush=True)
 
+    def ready(what: str, jobs: dict, threads: int = 1) -> bool:
+      """Compiles ``jobs`` (just in time) if the budget allows them, judged by the slowest
+      compile so far."""
+      missing = [key for key in jobs if key not in programs]
+      slowest = max([seconds for _, seconds in programs.values()], default=0.0)
+      waves = -(-len(missing) // max(1, threads))
+      if missing and not run.allows(what, slowest * waves):
+        return False
+      compile_many(programs, {key: jobs[key] for key in missing}, threads)
+      if missing:
+        run.log(f"compiled {len(missing)} program(s) for {what}")
+      return True
+
+    batches = [int(b) for b in args.batches.split(",")]
+    levers = levers_for(args, backend) if "levers" in sections else []
     helped: list[str] = []
-    if sections & {"train", "levers"} and run.allows("levers"):
-      helped = section_levers(run, bench, programs, levers)
+    if sections & {"train", "levers"} and ready(
+        "train", dict([train_job(bench, {}, {}, args.lever_batch)])):
+      baseline = section_baseline(run, bench, programs)
+      jobs = dict(train_job(bench, *LEVERS[n][1:], args.lever_batch) for n in levers)
+      if jobs and ready("levers", jobs, args.compile_threads):
+        helped = section_levers(run, bench, programs, levers, baseline)
     run.results["meta"]["helped"] = helped
     if "torch_train" in sections:
       section_torch_train(run, configs, compile_=False)
+    variants = sample_variants(args, backend) if sections & {"sample", "long"} else []
+    setup = sample_setup(run, bench, sorted({a for _, a, _ in variants}) or ["auto"])
     fastest = {}
-    if "sample" in sections and run.allows("sample"):
+    if "sample" in sections:
+      jobs = {sample_key(d, a, v): (functools.partial(setup.lower, d, a, v, args.chunk), {})
+              for d, a, v in variants}
+      variants = [v for v in variants if ready(f"sample/{v}", {sample_key(*v): jobs[
+          sample_key(*v)]})]
       fastest = section_sample(run, setup, programs, variants)
     if "torch_sample" in sections:
       section_torch_sample(run, configs)
     if "train" in sections:
       for batch in batches:
-        if batch != args.lever_batch and run.allows(f"train/batch {batch}", 5):
+        if batch != args.lever_batch and ready(f"train/batch {batch}",
+                                               dict([train_job(bench, {}, {}, batch)])):
           train_variant(run, bench, programs, "train", "baseline", {}, {}, batch)
       print_table("train: the baseline at every batch", run.results.get("train", []),
                   TRAIN_COLUMNS + ["error"])
     if "torch_train" in sections and torch_compile:
       section_torch_train(run, configs, compile_=True)
-    if "best" in sections and run.allows("best"):
-      section_best(run, bench, programs, helped)
+    if "best" in sections and helped:
+      overrides, options = combine(helped)
+      jobs = dict(train_job(bench, overrides, options, b) for b in batches)
+      if ready("best", jobs, args.compile_threads):
+        section_best(run, bench, programs, helped)
     if "long" in sections:
       section_long(run, setup, programs, fastest)
   run.results["ratios"] = ratios(run)

@@ -56,8 +56,11 @@ def test_small_run_measures_every_section(small_run):
   parity = r["parity"][0]
   assert parity["fp32_vs_diffusers_fp32"] < 1e-4
   assert parity["fp32_vs_diffusers_fp32"] < parity["bf16_vs_diffusers_fp32"] < 0.05
+  assert [row["variant"] for row in r["train"]] == ["baseline"]
+  assert [row["variant"] for row in r["levers"]] == ["no_remat"]
+  # 'best' runs only when a lever made the step faster: on a noisy machine it may not.
   for section in ("train", "levers", "best"):
-    for row in r[section]:
+    for row in r.get(section, []):
       assert row["ms_per_step"] > 0 and row["model_tflops"] > 0, (section, row)
   assert [row["variant"] for row in r["torch_train"]] == ["eager"]  # No torch.compile on CPU.
   args = r["meta"]["args"]
