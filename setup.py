@@ -7,7 +7,7 @@ setuptools.setup(
     description="ART·V auto-regressive text-to-video diffusion on TPUs and GPUs, in JAX/Flax.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # jax >= 0.10
     packages=setuptools.find_packages(include=["artv_jax", "artv_jax.*"]),
     package_data={"artv_jax.checkpoints": ["presets/*/*/*.json"]},
     install_requires=[
@@ -32,6 +32,10 @@ setuptools.setup(
         "absl-py>=2.0,<3",
     ],
     extras_require={
+        # The accelerator builds of jax: pip install -e ".[cuda]" (NVIDIA GPUs, CUDA 13) or
+        # ".[tpu]" (Cloud TPU VMs, libtpu).
+        "cuda": ["jax[cuda13]>=0.10,<0.12"],
+        "tpu": ["jax[tpu]>=0.10,<0.12"],
         # torch is pinned: an unpinned torch pulls several GB of CUDA packages.
         "test": [
             "pytest>=8,<10",

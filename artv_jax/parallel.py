@@ -66,17 +66,21 @@ def _slurm_num_tasks() -> int:
 
 
 def _slurm_local_device_ids() -> list[int] | None:
-  """All local GPUs when SLURM runs one task per node, else None (JAX's default).
+  """The GPUs of this SLURM task, numbered as CUDA numbers them inside the task.
 
-  JAX's SLURM detection gives each task the single GPU numbered SLURM_LOCALID: right for one
-  task per GPU, but with one task per node it would leave all GPUs but the first idle.
+  When SLURM binds GPUs to tasks (``--gpus-per-task``, ``--gpus-per-node``) it hides the others
+  (CUDA_VISIBLE_DEVICES) and CUDA renumbers the visible ones from 0, so the task's devices are
+  0..n-1 whichever GPUs it got. JAX's own SLURM default, the one device SLURM_LOCALID, is
+  right only when every task sees every GPU of its node; with one bound GPU per task it names
+  a device that does not exist there ("invalid device ordinal").
   """
-  nodes = int(os.environ.get("SLURM_STEP_NUM_NODES", os.environ.get("SLURM_NNODES", "0")))
-  if nodes != _slurm_num_tasks():
-    return None
   visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-  num_gpus = len(visible.split(",")) if visible else int(os.environ.get("SLURM_GPUS_ON_NODE", "0"))
-  return list(range(num_gpus)) or None
+  if visible:
+    return list(range(len(visible.split(","))))
+  nodes = int(os.environ.get("SLURM_STEP_NUM_NODES", os.environ.get("SLURM_NNODES", "0")))
+  if nodes == _slurm_num_tasks():  # One unbound task per node: all the node's GPUs.
+    return list(range(int(os.environ.get("SLURM_GPUS_ON_NODE", "0")))) or None
+  return None  # Every task sees every GPU: JAX's SLURM_LOCALID is right.
 
 
 def _on_cloud_tpu_vm() -> bool:

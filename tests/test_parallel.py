@@ -148,7 +148,18 @@ def test_initialize_slurm_one_task_per_node_uses_all_local_gpus(initialize_calls
                                    cluster_detection_method="slurm")]
 
 
-def test_initialize_slurm_one_task_per_gpu_leaves_devices_to_jax(initialize_calls, monkeypatch):
+def test_initialize_slurm_one_bound_gpu_per_task_is_device_0(initialize_calls, monkeypatch):
+  """--gpus-per-task=1: task 5 sees only GPU 5, as its device 0 (not JAX's SLURM_LOCALID)."""
+  monkeypatch.setenv("SLURM_STEP_NODELIST", "node[001-002]")
+  monkeypatch.setenv("SLURM_NTASKS", "16")
+  monkeypatch.setenv("SLURM_STEP_NUM_NODES", "2")
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+  parallel.initialize_distributed()
+  assert initialize_calls == [dict(local_device_ids=[0], cluster_detection_method="slurm")]
+
+
+def test_initialize_slurm_unbound_tasks_leave_devices_to_jax(initialize_calls, monkeypatch):
+  """No GPU binding: every task sees every GPU, and JAX takes device SLURM_LOCALID."""
   monkeypatch.setenv("SLURM_STEP_NODELIST", "node[001-002]")
   monkeypatch.setenv("SLURM_NTASKS", "8")
   monkeypatch.setenv("SLURM_STEP_NUM_NODES", "2")
