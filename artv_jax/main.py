@@ -31,6 +31,9 @@ flags.DEFINE_string("coordinator_address", None,
                     "Multi-process runs without SLURM/TPU auto-detection: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
+flags.DEFINE_integer("heartbeat_timeout", 100,
+                     "Multi-process runs: seconds without a heartbeat after which a process "
+                     "counts as dead and the others stop with an error naming it.")
 
 
 class UsageError(Exception):
@@ -51,10 +54,12 @@ def run(argv) -> None:
   from artv_jax import parallel
   xla_flags.use_cpu_flags()
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id)
+                                  FLAGS.process_id, heartbeat_timeout=FLAGS.heartbeat_timeout)
   from artv_jax import train
   if FLAGS.mode in ("train", "train_and_sample"):
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    state = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if int(state.step) < FLAGS.config.train.num_steps:  # Preempted: checkpointed, now exit.
+      return
   if FLAGS.mode in ("sample", "train_and_sample"):
     from artv_jax import generate
     generate.sample_from_workdir(FLAGS.config, FLAGS.workdir)

@@ -27,8 +27,12 @@ BATCH_AXES = ("data", "fsdp")  # The batch's leading axis is split over every de
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None,
-                           local_device_ids: Sequence[int] | None = None) -> None:
+                           local_device_ids: Sequence[int] | None = None,
+                           heartbeat_timeout: int | None = None) -> None:
   """Joins this process to a multi-process JAX run; a single process does nothing.
+
+  ``heartbeat_timeout``: seconds after which a silent process counts as dead; every other
+  process then stops with an error naming it (JAX's default when None).
 
   Must run before anything touches a device (``jax.devices()``, creating an array, ...).
   Chooses, in order:
@@ -55,6 +59,8 @@ def initialize_distributed(coordinator_address: str | None = None,
   # CPU devices of different processes talk through gloo (the multi-process CPU tests);
   # accelerators ignore this setting.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if heartbeat_timeout is not None:
+    kwargs["heartbeat_timeout_seconds"] = heartbeat_timeout
   jax.distributed.initialize(**kwargs)
 
 
@@ -166,6 +172,21 @@ def gather_params(params: Any, mesh: Mesh) -> Any:
   out_shardings (a reduce-scatter).
   """
   return jax.lax.with_sharding_constraint(params, replicated(mesh))
+
+
+def wait_for_all(name: str, timeout_s: float) -> None:
+  """Returns when every process has called ``wait_for_all(name)`` (a no-op for one process).
+
+  A barrier of JAX's coordination service, not a device collective: a peer still compiling,
+  or building the data set, is waited for up to ``timeout_s`` instead of gloo's or NCCL's
+  connect timeout. A dead peer still ends the wait, through the heartbeat timeout. Each name
+  may be used once per run.
+  """
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost
+  multihost.sync_global_processes(name, timeout=int(timeout_s),
+                                  barrier_sync_fn=multihost.get_barrier_sync_fn())
 
 
 def host_local_to_global(batch: Any, mesh: Mesh) -> Any:

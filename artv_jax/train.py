@@ -431,19 +431,34 @@ def _check_batch_config(config: ml_collections.ConfigDict) -> None:
                      f"the {jax.device_count()} devices.")
 
 
-class _Preemption:
-  """Remembers a SIGTERM so the loop can checkpoint and stop at the next step."""
+class _StopRequest:
+  """A SIGTERM or preemption notice, turned into one stop step for every process.
+
+  In a distributed run JAX's preemption service catches SIGTERM (and a TPU VM's maintenance
+  notice) on any host and the coordination service picks a step at which every process's
+  :meth:`reached` turns true, so all of them save the same checkpoint and exit alike. A lone
+  process (no distributed service) catches SIGTERM itself.
+  """
 
   def __init__(self):
+    self.distributed = jax.distributed.is_initialized()
     self.requested = False
-    try:
-      signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. inside a test runner thread).
-      pass
+    if not self.distributed:  # A handler here would hide SIGTERM from JAX's service.
+      try:
+        signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # Not the main thread (e.g. inside a test runner thread).
+        pass
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to checkpoint ``step`` and stop (the same answer on every process)."""
+    if self.distributed:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
 
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -466,12 +481,27 @@ def restore_state(manager: ocp.CheckpointManager, trainer: Trainer, step: int,
   return manager.restore(step, args=ocp.args.Composite(**items)).state
 
 
+# Seconds every process waits for the others to compile a program before its first run.
+COMPILE_WAIT_S = 3600
+# Seconds the other processes wait for process 0 to build the data set (WebVid: hours).
+DATA_BUILD_WAIT_S = 7 * 24 * 3600
+
+
+def compile_everywhere(jitted: Callable, name: str, *args) -> Callable:
+  """``jitted`` compiled for ``args``, once every process has compiled it: the first run's
+  collectives then do not wait on a peer still compiling (gloo gives up after 30 s)."""
+  compiled = jitted.lower(*args).compile()
+  parallel.wait_for_all(f"artv_jax: {name} compiled", COMPILE_WAIT_S)
+  return compiled
+
+
 def restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer,
                     data: "pipeline.TrainIterator") -> TrainState:
   """The latest checkpoint (state, and ``data`` moved to its position), else a fresh state."""
   step = manager.latest_step()
   if step is None:
-    return jax.jit(trainer.init_fn, out_shardings=trainer.state_sharding)()
+    init = jax.jit(trainer.init_fn, out_shardings=trainer.state_sharding)
+    return compile_everywhere(init, "init")()
   state = restore_state(manager, trainer, step, data)
   logging.info("Resumed from step %d.", step)
   return state
@@ -520,8 +550,7 @@ def _raise_if_not_finite(metrics: Optional[dict], step: int,
 
 def prepare_dataset(config: ml_collections.ConfigDict, workdir: str):
   """The TFDS builder of ``config.data``: the pre-encoded one if set, else built by process 0
-  while the others wait."""
-  from jax.experimental import multihost_utils
+  while the others wait (for as long as the build takes)."""
   from artv_jax.data import pipeline  # pylint: disable=redefined-outer-name
   d = config.data
   if d.precomputed_dir:
@@ -531,7 +560,7 @@ def prepare_dataset(config: ml_collections.ConfigDict, workdir: str):
                                         resolution=d.resolution,
                                         manual_dir=d.manual_dir or None, variant=d.variant)
   builder = build() if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices("artv_jax: data set prepared")
+  parallel.wait_for_all("artv_jax: data set prepared", DATA_BUILD_WAIT_S)
   return builder or build()
 
 
@@ -555,22 +584,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state = restore_or_init(manager, trainer, data)
 
   logger = MetricsLogger(workdir)
-  preemption = _Preemption()
+  stop = _StopRequest()
   start_step = int(jax.device_get(state.step))
   num_steps = config.train.num_steps
   progress = tqdm(total=num_steps, initial=start_step, disable=jax.process_index() != 0,
                   desc="train", unit="step")
   last_time, last_step = time.time(), start_step
   step, pending = start_step, None
+  batch = to_model_batch(trainer, next(data)) if step < num_steps else None
+  step_fn = (compile_everywhere(trainer.step_fn, "train step", state, batch, trainer.frozen)
+             if batch is not None else None)
   try:
     while step < num_steps:
-      state, metrics = trainer.step_fn(state, to_model_batch(trainer, next(data)),
-                                       trainer.frozen)
+      state, metrics = step_fn(state, batch, trainer.frozen)
       # Checked one step late, so the device already has the next step queued.
       _raise_if_not_finite(pending, step, manager)
       step, pending = step + 1, metrics
       progress.update(1)
-      preempted = preemption.requested or manager.reached_preemption(step)
+      preempted = stop.reached(step)
       if step % config.train.log_every == 0 or step == num_steps:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         metrics.pop("finite")
@@ -586,6 +617,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if preempted:
         logging.warning("Preemption requested: checkpointed step %d and stopping.", step)
         break
+      if step < num_steps:  # After the save: the checkpoint holds the data position of step.
+        batch = to_model_batch(trainer, next(data))
     _raise_if_not_finite(pending, step, manager)
   finally:
     manager.wait_until_finished()

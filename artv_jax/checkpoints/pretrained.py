@@ -16,7 +16,7 @@ import json
 import os
 import pathlib
 import shutil
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -124,13 +124,18 @@ def load_tokenizer(directory: os.PathLike) -> transformers.CLIPTokenizer:
 
 
 def load_pretrained(directory: os.PathLike, *, dtype: Any = jnp.float32,
-                    param_dtype: Any = jnp.float32) -> StableDiffusion:
+                    param_dtype: Any = jnp.float32,
+                    sharding: Optional[Callable[[Any], Any]] = None) -> StableDiffusion:
   """Loads what ``python -m artv_jax.convert`` wrote.
 
   Args:
     directory: the converted checkpoint (``--dst`` of the converter).
     dtype: compute dtype of the three networks.
     param_dtype: dtype the parameters are restored in (stored as float32).
+    sharding: maps a network's parameter tree (``jax.ShapeDtypeStruct`` leaves) to the
+      shardings to restore it with, e.g. ``lambda tree: parallel.param_sharding(mesh, tree)``:
+      every process then reads only its own shards, straight into the training layout (the
+      multi-host case). None: every array whole on the default device.
 
   Returns:
     A :class:`StableDiffusion`; apply a network as
@@ -146,6 +151,11 @@ def load_pretrained(directory: os.PathLike, *, dtype: Any = jnp.float32,
         f"first: python -m artv_jax.convert --src {directory} --dst CONVERTED_DIR")
   configs = read_configs(directory)
   networks = build_networks(configs, dtype=dtype, param_dtype=param_dtype)
-  params = orbax_io.restore_params(directory / PARAMS_DIR, abstract_params(networks))
+  target = abstract_params(networks)
+  if sharding is not None:
+    target = jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), target,
+        {name: sharding(tree) for name, tree in target.items()})
+  params = orbax_io.restore_params(directory / PARAMS_DIR, target)
   return StableDiffusion(**networks, tokenizer=load_tokenizer(directory / TOKENIZER_DIR),
                          params=params, config=configs)
