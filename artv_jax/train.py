@@ -66,7 +66,8 @@ def load_tokenizer(config: ml_collections.ConfigDict, workdir: str):
   """The CLIP tokenizer of a from-scratch model (``config.model.tokenizer``).
 
   'synthetic_shapes' writes the closed-vocabulary tokenizer of the synthetic data set into
-  ``workdir/tokenizer`` (every caption word one token); anything else is a tokenizer folder.
+  ``workdir/tokenizer`` (every caption word one token; process 0 writes it, the others wait);
+  anything else is a tokenizer folder.
   """
   from transformers import CLIPTokenizer
   path = config.model.tokenizer
@@ -77,16 +78,23 @@ def load_tokenizer(config: ml_collections.ConfigDict, workdir: str):
   if path == "synthetic_shapes":
     from artv_jax.data import synthetic_shapes, word_tokenizer
     path = os.path.join(workdir, "tokenizer")
-    word_tokenizer.write_word_tokenizer(
-        synthetic_shapes.all_captions(), path,
-        max_length=config.model.text_encoder.max_position_embeddings)
+    if jax.process_index() == 0:  # One writer; the others read it once it is there.
+      word_tokenizer.write_word_tokenizer(
+          synthetic_shapes.all_captions(), path,
+          max_length=config.model.text_encoder.max_position_embeddings)
+    parallel.wait_for_all("artv_jax: tokenizer written", COMPILE_WAIT_S)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"config.model.tokenizer '{path}' is not a folder.")
   return CLIPTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def build_models(config: ml_collections.ConfigDict, rng: jax.Array, workdir: str) -> Models:
-  """The networks, from converted SD weights (``model.pretrained``) or from scratch."""
+def build_models(config: ml_collections.ConfigDict, rng: jax.Array, workdir: str,
+                 mesh: Optional[jax.sharding.Mesh] = None) -> Models:
+  """The networks, from converted SD weights (``model.pretrained``) or from scratch.
+
+  With a ``mesh``, converted weights are restored straight into their fsdp shardings on every
+  process (:func:`artv_jax.parallel.param_sharding`), never whole on one device.
+  """
   from artv_jax.checkpoints import load_pretrained  # Heavy (tokenizer); only needed here.
   dtype = compute_dtype(config)
   m = config.model
@@ -94,7 +102,9 @@ def build_models(config: ml_collections.ConfigDict, rng: jax.Array, workdir: str
     raise ValueError(f"config.model.latent_space '{m.latent_space}' is not 'vae' or 'pixels'.")
   pretrained_unet = None
   if m.pretrained:
-    sd = load_pretrained(m.pretrained, dtype=dtype)
+    sharding = None if mesh is None else functools.partial(
+        parallel.param_sharding, mesh, min_size=config.mesh.min_shard_size)
+    sd = load_pretrained(m.pretrained, dtype=dtype, sharding=sharding)
     unet, text_encoder, vae, tokenizer = sd.unet, sd.text_encoder, sd.vae, sd.tokenizer
     unet = unet.clone(remat=m.remat, remat_policy=m.remat_policy, attention=m.attention)
     scheduler = sd.config["scheduler"]
@@ -218,12 +228,15 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.Grad
 
 
 def create_train_state(config: ml_collections.ConfigDict, models: Models,
-                       optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+                       optimizer: optax.GradientTransformation, rng: jax.Array,
+                       pretrained_unet: Optional[dict] = None) -> TrainState:
+  """The state before step 0. ``pretrained_unet`` is an argument, not read from ``models``,
+  so that a jitted init takes the (sharded) weights as inputs rather than as constants."""
   init_rng, state_rng = jax.random.split(rng)
   size = latent_size(models, config.data.resolution)
   params = init_artv_params(models.artv, init_rng, (size, size), len(models.null_tokens),
                             mask_bias=config.model.mask_bias_init,
-                            pretrained_unet=models.pretrained_unet)
+                            pretrained_unet=pretrained_unet)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), ema_params=params, rng=state_rng)
 
@@ -348,7 +361,7 @@ class Trainer(NamedTuple):
   models: Models
   optimizer: optax.GradientTransformation
   step_fn: Callable  # (state, global batch, frozen) -> (state, metrics), jitted and sharded
-  init_fn: Callable  # () -> TrainState (unsharded; jit it with out_shardings=state_sharding)
+  init_state: Callable  # () -> the TrainState before step 0, laid out on the mesh
   abstract_state: TrainState  # shapes only
   state_sharding: Any
   frozen: dict  # frozen params (VAE, text encoder) placed on the mesh
@@ -359,13 +372,15 @@ def make_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
   """Builds the networks and jit(train_step) with NamedShardings over a (data, fsdp) mesh."""
   _check_batch_config(config)
   models_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  models = build_models(config, models_rng, workdir)
-  optimizer = make_optimizer(config, jax.eval_shape(
-      lambda: create_train_state(config, models, optax.identity(), state_rng).params))
-  init_fn = functools.partial(create_train_state, config, models, optimizer, state_rng)
-  abstract_state = jax.eval_shape(init_fn)
-
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+  models = build_models(config, models_rng, workdir, mesh)
+  pretrained = models.pretrained_unet
+  optimizer = make_optimizer(config, jax.eval_shape(
+      lambda p: create_train_state(config, models, optax.identity(), state_rng, p).params,
+      pretrained))
+  init_fn = functools.partial(create_train_state, config, models, optimizer, state_rng)
+  abstract_state = jax.eval_shape(init_fn, pretrained)
+
   min_size = config.mesh.min_shard_size
   state_sharding = parallel.param_sharding(mesh, abstract_state, min_size)
   frozen_params = models.frozen_params
@@ -374,7 +389,9 @@ def make_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
   frozen_sharding = parallel.param_sharding(mesh, frozen_params, min_size)
   step_fn = jit_train_step(config, models, optimizer, mesh, state_sharding, frozen_sharding)
   frozen = parallel.shard_pytree(frozen_params, frozen_sharding)
-  return Trainer(models, optimizer, step_fn, init_fn, abstract_state, state_sharding, frozen,
+  init = jax.jit(init_fn, out_shardings=state_sharding)
+  init_state = lambda: compile_everywhere(init, "init", pretrained)(pretrained)
+  return Trainer(models, optimizer, step_fn, init_state, abstract_state, state_sharding, frozen,
                  mesh)
 
 
@@ -500,8 +517,7 @@ def restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer,
   """The latest checkpoint (state, and ``data`` moved to its position), else a fresh state."""
   step = manager.latest_step()
   if step is None:
-    init = jax.jit(trainer.init_fn, out_shardings=trainer.state_sharding)
-    return compile_everywhere(init, "init")()
+    return trainer.init_state()
   state = restore_state(manager, trainer, step, data)
   logging.info("Resumed from step %d.", step)
   return state

@@ -37,7 +37,7 @@ def benchmark(name: str, repeats: int, peak: float) -> list:
   config.train.batch_size = batch
   with tempfile.TemporaryDirectory() as workdir:
     trainer = train.make_trainer(config, workdir)
-  state = jax.jit(trainer.init_fn, out_shardings=trainer.state_sharding)()
+  state = trainer.init_state()
   size = config.data.resolution
   rng = np.random.default_rng(0)
   frames = lambda *shape: rng.uniform(-1, 1, shape).astype(np.float32)

@@ -160,7 +160,7 @@ def artv_train(data: int, fsdp: int, steps: int) -> dict[str, Any]:
   config.mesh.data, config.mesh.fsdp = data, fsdp
   with tempfile.TemporaryDirectory() as workdir:
     trainer = train.make_trainer(config, workdir)
-  state = jax.jit(trainer.init_fn, out_shardings=trainer.state_sharding)()
+  state = trainer.init_state()
   per_process = config.train.batch_size // jax.process_count()
   mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
   batch = lambda step: train.to_model_batch(

@@ -27,7 +27,7 @@ def evaluated(tmp_path_factory):
   config = tiny_config.get_config()
   config.eval.update(num_frames=NUM_FRAMES, num_segments=2, num_videos=NUM_VIDEOS)
   trainer = train.make_trainer(config, workdir)
-  state = jax.jit(trainer.init_fn, out_shardings=trainer.state_sharding)()
+  state = trainer.init_state()
   manager = train.checkpoint_manager(workdir, config)
   manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
   manager.wait_until_finished()

@@ -51,13 +51,7 @@ def test_convert_without_source_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_and_sample_writes_checkpoints_and_a_video(tmp_path):
-  from artv_jax.data import pipeline
-  from tests import tiny_config
-  data_dir = tmp_path / "tfds"
-  data = tiny_config.get_config().data
-  pipeline.make_builder("synthetic_shapes", str(data_dir), resolution=data.resolution,
-                        variant=data.variant)
+def test_train_and_sample_writes_checkpoints_and_a_video(tmp_path, data_dir):
   result = _main(f"--workdir={tmp_path}", "--mode=train_and_sample",
                  f"--config.data.data_dir={data_dir}", "--config.train.num_steps=2",
                  "--config.train.checkpoint_every=2")

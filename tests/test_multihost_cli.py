@@ -16,18 +16,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 24
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """The tiny config's synthetic data set, built once for every run of this module."""
-  from artv_jax.data import pipeline
-  from tests import tiny_config
-  path = str(tmp_path_factory.mktemp("tfds"))
-  data = tiny_config.get_config().data
-  pipeline.make_builder("synthetic_shapes", path, resolution=data.resolution,
-                        variant=data.variant)
-  return path
-
-
 class Job:
   """Both processes of one run of the CLI, their output in files (a full pipe would stall).
 
@@ -147,4 +135,4 @@ def test_two_processes_fine_tune_a_converted_sd_on_webvid_mp4s(tmp_path):
             config="configs/base.py")
   assert job.wait() == [0, 0], job.output(0)[-3000:] + job.output(1)[-3000:]
   assert sorted(_losses(workdir)) == [1, 2]
-  assert ocp.utils.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [1, 2]
+  assert sorted(ocp.utils.checkpoint_steps(os.path.join(workdir, "checkpoints"))) == [1, 2]

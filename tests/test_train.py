@@ -56,17 +56,6 @@ def test_two_processes_agree_with_one_process():
     _assert_params_close(result["params"], single["params"], rtol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """The tiny config's synthetic data set, built once for every run of this module."""
-  from artv_jax.data import pipeline
-  path = str(tmp_path_factory.mktemp("tfds"))
-  data = tiny_config.get_config().data
-  pipeline.make_builder("synthetic_shapes", path, resolution=data.resolution,
-                        variant=data.variant)
-  return path
-
-
 def _main(workdir, data_dir, *flags) -> subprocess.Popen:
   command = [sys.executable, "-m", "artv_jax.main", "--config=tests/tiny_config.py",
              f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *flags]
@@ -139,7 +128,7 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(tmp_path):
   config = tiny_config.get_config()
   config.train.update(batch_size=4, grad_accum_steps=2)
   trainer = train.make_trainer(config, str(tmp_path))
-  state = jax.jit(trainer.init_fn)()
+  state = trainer.init_state()
   batch = train.to_model_batch(trainer, artv_batch(0, 4))
 
   # Micro-batch j holds examples j, j + 2, ... and draws from the j-th key of the step's key.
