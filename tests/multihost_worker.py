@@ -149,8 +149,9 @@ def artv_batch(step: int, batch_size: int, resolution: int = 32) -> dict[str, np
                               * (batch_size // 2))}
 
 
-def artv_train(data: int, fsdp: int, steps: int) -> dict[str, Any]:
-  """Trains the tiny ART·V of tests/tiny_config.py with the real trainer on a (data, fsdp) mesh.
+def artv_train(data: int, fsdp: int, steps: int, workdir: str) -> dict[str, Any]:
+  """Trains the tiny ART·V of tests/tiny_config.py with the real trainer on a (data, fsdp) mesh,
+  in a ``workdir`` all processes share (process 0 writes the tokenizer there).
 
   Returns losses per step, the final parameters (full, as lists) and their partition specs.
   """
@@ -158,8 +159,7 @@ def artv_train(data: int, fsdp: int, steps: int) -> dict[str, Any]:
   from tests import tiny_config
   config = tiny_config.get_config()
   config.mesh.data, config.mesh.fsdp = data, fsdp
-  with tempfile.TemporaryDirectory() as workdir:
-    trainer = train.make_trainer(config, workdir)
+  trainer = train.make_trainer(config, workdir)
   state = trainer.init_state()
   per_process = config.train.batch_size // jax.process_count()
   mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
@@ -183,7 +183,7 @@ def artv_train(data: int, fsdp: int, steps: int) -> dict[str, Any]:
 
 MODES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "toy_train": lambda a: toy_train(parallel.make_mesh(a.data, a.fsdp), a.steps),
-    "artv_train": lambda a: artv_train(a.data, a.fsdp, a.steps),
+    "artv_train": lambda a: artv_train(a.data, a.fsdp, a.steps, a.workdir),
 }
 
 
@@ -194,12 +194,14 @@ def launch(mode: str, num_processes: int = 1, devices_per_process: int = 1,
              PYTHONPATH=os.pathsep.join([_REPO, os.environ.get("PYTHONPATH", "")]),
              XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
                        f"--xla_force_host_platform_device_count={devices_per_process}")
-  command = [sys.executable, os.path.abspath(__file__), f"--mode={mode}", *args]
-  if num_processes > 1:
-    command += [f"--coordinator=127.0.0.1:{_free_port()}", f"--num_processes={num_processes}"]
-  with tempfile.TemporaryDirectory() as logs:
+  with tempfile.TemporaryDirectory() as shared:  # The job's workdir, and its logs.
+    command = [sys.executable, os.path.abspath(__file__), f"--mode={mode}",
+               f"--workdir={shared}", *args]
+    if num_processes > 1:
+      command += [f"--coordinator=127.0.0.1:{_free_port()}",
+                  f"--num_processes={num_processes}"]
     # Output goes to files, not pipes: a worker blocked on a full pipe would stall its peers.
-    paths = [os.path.join(logs, f"{i}.log") for i in range(num_processes)]
+    paths = [os.path.join(shared, f"{i}.log") for i in range(num_processes)]
     procs = []
     for i, path in enumerate(paths):
       with open(path, "w") as log:
@@ -241,6 +243,7 @@ def main():
   parser.add_argument("--data", type=int, default=1)
   parser.add_argument("--fsdp", type=int, default=-1)
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--workdir", help="a folder every process of the job shares")
   parser.add_argument("--coordinator", help="host:port of process 0; omit for one process")
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
