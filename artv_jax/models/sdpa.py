@@ -6,7 +6,9 @@
 - 'cudnn': the same call with cuDNN's fused flash-attention kernel (GPU; bf16/fp16 inputs,
   head width a multiple of 8 up to 128); other shapes and dtypes take 'xla';
 - 'cpu_blocked': the form below, for XLA:CPU;
-- 'auto': the fastest measured lowering of the backend (:data:`AUTO`; README, "Speed").
+- 'auto': the backend's default (:data:`AUTO`): the blocked form on CPU, where it was
+  measured fastest (README, "Speed"); XLA's ops elsewhere, until benchmarks/accelerator.py
+  has measured cuDNN against them on a GPU.
 
 The CPU form exists because ``jax.nn.dot_product_attention`` is slow to differentiate on
 XLA:CPU: its softmax makes several passes over the [B, N, T, S] weights, and autodiff produces
@@ -29,7 +31,7 @@ BLOCK_BYTES = 4 * 2**20
 
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "cpu_blocked")
-# What 'auto' means on each backend: the fastest lowering measured there.
+# What 'auto' means on each backend (module docstring).
 AUTO = {"cpu": "cpu_blocked", "gpu": "xla", "tpu": "xla"}
 
 
