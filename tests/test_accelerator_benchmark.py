@@ -40,12 +40,8 @@ except ImportError:
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-  spec = importlib.util.spec_from_file_location(
-      "accelerator", os.path.join(REPO, "benchmarks", "accelerator.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   out = tmp_path_factory.mktemp("accelerator") / "small.json"
-  module.main(["--small", "--out", str(out)])
+  _load_benchmark("accelerator").main(["--small", "--out", str(out)])
   return json.loads(out.read_text())
 
 
@@ -69,3 +65,23 @@ def test_small_run_measures_every_section(small_run):
   for row in r["long"]:
     assert len(row["chunk_ms_per_frame"]) == args["long_frames"] // args["chunk"]
   assert set(r["ratios"])  # JAX against PyTorch, for training and for sampling.
+
+
+def _load_benchmark(name: str):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_memory_plan_spreads_states_over_devices_and_scales_activations_by_examples():
+  memory_plan = _load_benchmark("memory_plan")
+  row = dict(params_gb=4.0, optimizer_gb=8.0, ema_gb=4.0, frozen_gb=2.0, activations_gb=0.5)
+  rows = [dict(row, devices=1, remat=True),
+          dict(row, devices=4, remat=True, params_gb=1.0, activations_gb=0.6)]
+  targets = {t["target"]: t for t in memory_plan.plan(rows, global_batch=256)}
+  h100 = targets["8x H100 80GB"]
+  assert h100["states_gb"] == pytest.approx(18.0 / 8)
+  assert h100["activations_gb"] == pytest.approx(0.6 * 32)  # The larger of the two counts.
+  assert h100["fits"] == (h100["total_gb"] <= 72.0)
