@@ -77,11 +77,12 @@ def _load_benchmark(name: str):
 
 def test_memory_plan_spreads_states_over_devices_and_scales_activations_by_examples():
   memory_plan = _load_benchmark("memory_plan")
-  row = dict(params_gb=4.0, optimizer_gb=8.0, ema_gb=4.0, frozen_gb=2.0, activations_gb=0.5)
-  rows = [dict(row, devices=1, remat=True),
-          dict(row, devices=4, remat=True, params_gb=1.0, activations_gb=0.6)]
+  row = dict(devices=1, remat=True, params_gb=4.0, optimizer_gb=8.0, ema_gb=4.0, frozen_gb=2.0)
+  rows = [dict(row, examples=1, temporaries_gb=5.5), dict(row, examples=2, temporaries_gb=6.0),
+          dict(row, devices=4, examples=1, params_gb=1.0, temporaries_gb=5.6)]
   targets = {t["target"]: t for t in memory_plan.plan(rows, global_batch=256)}
   h100 = targets["8x H100 80GB"]
   assert h100["states_gb"] == pytest.approx(18.0 / 8)
-  assert h100["activations_gb"] == pytest.approx(0.6 * 32)  # The larger of the two counts.
+  assert h100["fixed_temporaries_gb"] == pytest.approx(5.0)  # 5.5 - one example's 0.5.
+  assert h100["activations_gb"] == pytest.approx(0.5 * 32)
   assert h100["fits"] == (h100["total_gb"] <= 72.0)
