@@ -293,7 +293,7 @@ def model_batch(bench: Bench, batch: int):
 
 
 def variant_step(bench: Bench, overrides: dict, batch: int):
-  """(jitted train step, its config) with ``overrides`` applied to the bench's config."""
+  """The jitted train step with ``overrides`` applied to the bench's config."""
   import jax
   from artv_jax import train
   config = apply_overrides(bench.config, overrides)
@@ -305,10 +305,9 @@ def variant_step(bench: Bench, overrides: dict, batch: int):
                                          attention=m.attention))
   models = trainer.models._replace(artv=artv)
   frozen_sharding = jax.tree.map(lambda x: x.sharding, trainer.frozen)
-  step = train.jit_train_step(config, models, trainer.optimizer, trainer.mesh,
+  return train.jit_train_step(config, models, trainer.optimizer, trainer.mesh,
                               trainer.state_sharding, frozen_sharding,
                               donate=overrides.get("donate", True))
-  return step, config
 
 
 # ------------------------------------------------------------------------------------------
@@ -494,7 +493,7 @@ def lower_step(bench: Bench, overrides: dict, batch: int):
   import jax
   key = train_key(overrides, {}, batch)
   if key not in bench.lowered:
-    step, _ = variant_step(bench, overrides, batch)
+    step = variant_step(bench, overrides, batch)
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                          bench.state)
     bench.lowered[key] = step.lower(state, model_batch(bench, batch), bench.trainer.frozen)

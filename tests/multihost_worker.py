@@ -30,9 +30,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 from flax.training import train_state
-from orbax.checkpoint import multihost
-
-from artv_jax import parallel
+from artv_jax import parallel, train
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,20 +58,6 @@ def toy_batch(step: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(step)
   return {"x": rng.normal(size=(GLOBAL_BATCH, IN_FEATURES)).astype(np.float32),
           "y": rng.normal(size=(GLOBAL_BATCH, OUT_FEATURES)).astype(np.float32)}
-
-
-def compile_everywhere(jitted: Callable, *args) -> Callable:
-  """``jitted`` compiled for ``args`` on every process before any of them runs it.
-
-  gloo times out a collective whose peer is slow to join ("Connect timeout"): a worker still
-  compiling on a loaded machine (two shared cores, CI) failed the first step that way. The
-  barrier goes through the coordination service, with orbax's barrier timeout, not gloo's.
-  Called once per worker: a barrier's name must not repeat.
-  """
-  compiled = jitted.lower(*args).compile()
-  multihost.sync_global_processes("training step compiled",
-                                  barrier_sync_fn=multihost.get_barrier_sync_fn())
-  return compiled
 
 
 def toy_train_step(state: train_state.TrainState, batch, mesh: jax.sharding.Mesh):
@@ -117,7 +101,7 @@ def toy_train(mesh: jax.sharding.Mesh, steps: int) -> dict[str, Any]:
   mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
   batch = lambda step: parallel.host_local_to_global(
       jax.tree.map(lambda x: x[mine], toy_batch(step)), mesh)
-  step_fn = compile_everywhere(step_fn, state, batch(0))
+  step_fn = train.compile_everywhere(step_fn, "toy train step", state, batch(0))
   losses = []
   for step in range(steps):
     state, loss = step_fn(state, batch(step))
@@ -155,7 +139,6 @@ def artv_train(data: int, fsdp: int, steps: int, workdir: str) -> dict[str, Any]
 
   Returns losses per step, the final parameters (full, as lists) and their partition specs.
   """
-  from artv_jax import train
   from tests import tiny_config
   config = tiny_config.get_config()
   config.mesh.data, config.mesh.fsdp = data, fsdp
@@ -165,7 +148,8 @@ def artv_train(data: int, fsdp: int, steps: int, workdir: str) -> dict[str, Any]
   mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
   batch = lambda step: train.to_model_batch(
       trainer, jax.tree.map(lambda x: x[mine], artv_batch(step, config.train.batch_size)))
-  step_fn = compile_everywhere(trainer.step_fn, state, batch(0), trainer.frozen)
+  step_fn = train.compile_everywhere(trainer.step_fn, "train step", state, batch(0),
+                                     trainer.frozen)
   losses = []
   for step in range(steps):
     state, metrics = step_fn(state, batch(step), trainer.frozen)
