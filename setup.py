@@ -17,7 +17,10 @@ setuptools.setup(
         "orbax-checkpoint>=0.11,<0.13",
         "transformers>=5.0,<6",
         "tensorflow-datasets>=4.9,<5",
-        # tf.data input pipelines only; the CPU build keeps TF off the accelerators.
+        # The input pipeline: TFDS's array_record files read by index, decoded by Grain workers.
+        "grain>=0.2.12,<0.3",
+        "array-record>=0.7,<1",
+        # TFDS builds data sets with it (the CPU build keeps TF off the accelerators).
         "tensorflow-cpu>=2.16,<3",
         # tensorflow-datasets imports it when preparing a builder, but does not require it.
         "importlib_resources",

@@ -9,25 +9,26 @@
 Every source tensor must land in a parameter and every parameter must be filled, else the tool
 lists the unmatched keys and shape mismatches and exits with status 2 (as on any bad input).
 The destination appears only when complete (written to a temporary directory, then renamed).
-Load the result with ``artv_jax.checkpoints.load_pretrained(DST)``.
+Every path may be a URI (gs://...). Load the result with
+``artv_jax.checkpoints.load_pretrained(DST)``.
 """
 import argparse
 import os
-import pathlib
-import shutil
 import sys
-import tempfile
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
+import uuid
 
+from etils import epath
 import jax
 import numpy as np
 
+from artv_jax import paths
 from artv_jax.checkpoints import pretrained, sources
 from artv_jax.checkpoints.rename import CheckpointMismatchError, convert_state_dict
 
 
-def convert(src: os.PathLike, dst: os.PathLike, *, config_from: Optional[str] = None,
-            tokenizer: Optional[os.PathLike] = None, overwrite: bool = False) -> None:
+def convert(src: paths.PathLike, dst: paths.PathLike, *, config_from: Optional[str] = None,
+            tokenizer: Optional[paths.PathLike] = None, overwrite: bool = False) -> None:
   """Reads ``src``, converts its three networks and writes the checkpoint to ``dst``.
 
   Args:
@@ -42,7 +43,7 @@ def convert(src: os.PathLike, dst: os.PathLike, *, config_from: Optional[str] = 
     ValueError (sources.SourceError, CheckpointMismatchError): the input cannot be converted;
       the message says why.
   """
-  dst = pathlib.Path(dst).absolute()
+  dst = paths.resolve(dst)
   check_destination(dst, overwrite)
   print(f"reading {src}", flush=True)
   source = sources.read_source(src, config_from, tokenizer)
@@ -64,7 +65,7 @@ def convert(src: os.PathLike, dst: os.PathLike, *, config_from: Optional[str] = 
     print(f"left out {len(source.dropped)} source entries that are not weights of the "
           f"networks: {_summary(source.dropped)}", flush=True)
 
-  conversion = {"source": str(pathlib.Path(src).absolute()), "layout": source.layout,
+  conversion = {"source": os.fspath(paths.resolve(src)), "layout": source.layout,
                 "config_from": config_from, "tokenizer": str(source.tokenizer_dir),
                 "dropped_keys": sorted(source.dropped)}
   write_atomically(dst, lambda tmp: pretrained.save_pretrained(
@@ -85,28 +86,32 @@ def _summary(keys: list[str], shown: int = 8) -> str:
   return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
-def check_destination(dst: pathlib.Path, overwrite: bool) -> None:
+def check_destination(dst: epath.Path, overwrite: bool) -> None:
   """Refuses to replace a non-empty ``dst`` unless ``overwrite``, before any work is done."""
   if dst.exists() and not overwrite and (not dst.is_dir() or any(dst.iterdir())):
     raise sources.SourceError(f"--dst {dst} exists and is not empty; pass --overwrite to "
                               f"replace it")
 
 
-def write_atomically(dst: pathlib.Path, write) -> None:
-  """Runs ``write(tmp)`` on a fresh directory next to ``dst``, then moves it to ``dst``."""
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+def write_atomically(dst: epath.Path, write: Callable[[epath.Path], None]) -> None:
+  """Runs ``write(tmp)`` on a fresh directory next to ``dst``, then moves it to ``dst``.
+
+  On an object store (gs://) the move copies object by object: a failed ``write`` never shows
+  at ``dst``, but a reader during the move may see part of it.
+  """
+  tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex}"
+  tmp.mkdir(parents=True)
   try:
     write(tmp)
     if dst.exists():
       old = tmp.with_name(tmp.name + "-replaced")
       dst.rename(old)
       tmp.rename(dst)
-      shutil.rmtree(old)
+      old.rmtree()
     else:
       tmp.rename(dst)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.rmtree(missing_ok=True)
     raise
 
 

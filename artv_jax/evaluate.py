@@ -23,21 +23,22 @@ videos and as many clips of the held-out split, ``config.eval.clip`` the CLIP si
 every frame to its active prompt.
 
 :func:`compare_runs` merges the results.json of several runs (e.g. the ablations of
-benchmarks/ablations.sh) into one table and drift plots with one line per run.
+benchmarks/ablations.sh) into one table and drift plots with one line per run. Workdirs and
+the output folder may be URIs (gs://...).
 """
 import argparse
 import json
 import math
-import os
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from artv_jax import generate, sampling, train, video_writer
+from artv_jax import build, generate, parallel, paths, sampling, video_writer
 from artv_jax.data import synthetic_shapes, tfds_synthetic
 from artv_jax.eval import clip_score, fvd, mask_trace, prompts, report, synthetic_metrics
 from artv_jax.eval.convert_feature_nets import load_feature_net
@@ -53,6 +54,7 @@ def eval_sample_config(config: ml_collections.ConfigDict,
   sample = ml_collections.ConfigDict(config.sample.to_dict())
   sample.prompts = schedule
   sample.num_frames = config.eval.num_frames
+  sample.prompts_text = ""
   sample.init = ""  # text-to-video: frame 0 comes from the model
   return sample
 
@@ -105,17 +107,19 @@ def _check_config(config: ml_collections.ConfigDict) -> tuple[prompts.Schedule, 
   return schedules[:e.num_videos]
 
 
-def generate_heldout_video(trainer: train.Trainer, params: Any,
+def generate_heldout_video(models: build.Models, params: Any,
                            config: ml_collections.ConfigDict, schedule: prompts.Schedule,
-                           out_dir: str, seed: int, inputs: dict) -> np.ndarray:
+                           out_dir: paths.PathLike, seed: int,
+                           inputs: dict) -> Optional[np.ndarray]:
   """Generates one held-out video into out_dir (from scratch) and returns its frames
-  [T, H, W, 3] uint8 as the sampler made them. inputs: ``generate.video_inputs``."""
+  [T, H, W, 3] uint8 as the sampler made them (None on the processes that do not write).
+  inputs: ``generate.video_inputs``."""
   chunks = []
-  sampling.generate_video(
-      trainer.models.artv, params, trainer.models.schedule, eval_sample_config(config, schedule),
+  generate.generate_video(
+      models.artv, params, models.schedule, eval_sample_config(config, schedule),
       out_dir, seed=seed, resume=False,
       on_frames=lambda first, frames: chunks.append(frames), **inputs)
-  return np.concatenate(chunks)
+  return np.concatenate(chunks) if chunks else None
 
 
 class FeatureMetrics:
@@ -178,35 +182,33 @@ class FeatureMetrics:
     return metrics
 
 
-def write_mask_plots(trainer: train.Trainer, params: Any, config: ml_collections.ConfigDict,
-                     schedule: prompts.Schedule, eval_dir: str,
+def write_mask_plots(models: build.Models, params: Any, config: ml_collections.ConfigDict,
+                     schedule: prompts.Schedule, eval_dir: paths.PathLike,
                      inputs: dict) -> tuple[dict[str, str], str]:
   """The mask trace of frame 1 of ``schedule``'s ground truth (mask_trace.py): its plots'
-  paths and a note with the mean mask per step. inputs: ``generate.video_inputs``."""
+  paths and a note with the mean mask per step. inputs: ``generate.video_inputs``. Every
+  process traces (the parameters are split over all of them); process 0 writes."""
   size = config.data.resolution
   first = prompts.render_schedule(schedule, 1, size, size)[0]
   first_latent = inputs["codec"].encode(first.astype(np.float32) / 127.5 - 1.0)[0]
   prompt = schedule[0][1]
-  models = trainer.models
   settings = sampling.SamplerSettings.from_config(config.sample, models.schedule.prediction_type)
   trace = mask_trace.mask_trace(models.artv, params, models.schedule, settings,
                                 sampling.encode_prompts(inputs["encode_text"], [(0, prompt)]),
                                 first_latent, jax.random.PRNGKey(config.seed))
-  generated = video_writer.to_uint8(inputs["codec"].decode(trace.latent[None]))[0]
-  paths = mask_trace.write_mask_plots(trace, first[0], generated, os.path.join(eval_dir, "mask"),
+  generated = video_writer.to_uint8(
+      parallel.fetch(inputs["codec"].decode(trace.latent[None])))[0]
+  if jax.process_index() != 0:
+    return {}, ""
+  files = mask_trace.write_mask_plots(trace, first[0], generated, epath.Path(eval_dir) / "mask",
                                       title=f"mask per step: {prompt}")
   means = ", ".join(f"{m:.2f}" for m in trace.masks.mean(axis=(1, 2)))
   note = (f"Mask M per denoising step (t = {trace.timesteps[0]} ... {trace.timesteps[-1]}) of "
           f"frame 1 after the true frame 0 of '{prompt}', mean over pixels: {means}.")
-  return paths, note
+  return files, note
 
 
-def _write_notes(markdown: str, notes: Sequence[str]) -> None:
-  with open(markdown, "a", encoding="utf-8") as f:
-    f.write("\n" + "".join(f"- {note}\n" for note in notes))
-
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+def evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict[str, str]:
   """Generates and scores the held-out videos of the run in ``workdir`` (see the module doc).
 
   Returns:
@@ -216,59 +218,57 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   """
   schedules = _check_config(config)
   features = FeatureMetrics(config)  # first: a wrong feature-net path fails fast
-  trainer, params = generate.restore_params(config, workdir)
-  manager = train.checkpoint_manager(workdir, config)
-  step = manager.latest_step()
-  manager.close()
-  eval_dir = os.path.join(workdir, EVAL_DIR)
-  inputs = generate.video_inputs(trainer, config)
+  models, params, step = generate.restore_params(config, workdir)
+  eval_dir = epath.Path(workdir) / EVAL_DIR
+  inputs = generate.video_inputs(models, config)
   settings = synthetic_metrics.Settings(walled=trained_mix(config).walled)
   scores = []
   for i, schedule in enumerate(schedules):
-    frames = generate_heldout_video(trainer, params, config, schedule,
-                                    os.path.join(eval_dir, str(i)), config.seed + i, inputs)
+    frames = generate_heldout_video(models, params, config, schedule, eval_dir / str(i),
+                                    config.seed + i, inputs)
+    if frames is None:  # Another process scores and writes.
+      continue
     scores.append(synthetic_metrics.evaluate_video(frames, schedule, settings))
     features.add(frames, schedule)
     logging.info("held-out video %d/%d: %s", i + 1, len(schedules),
                  ", ".join(f"{k}={v:.3g}" for k, v in scores[-1]["metrics"].items()))
 
-  e = config.eval
-  run = os.path.basename(os.path.normpath(workdir))
-  result = synthetic_metrics.aggregate(scores)
-  result["metrics"].update(features.metrics())
   mask_paths = {}
   if config.model.use_mask:  # else M is 1 everywhere: nothing to see
-    mask_paths, mask_note = write_mask_plots(trainer, params, config, schedules[0], eval_dir,
+    mask_paths, mask_note = write_mask_plots(models, params, config, schedules[0], eval_dir,
                                              inputs)
     features.notes.append(mask_note)
+  if jax.process_index() != 0:
+    return {}
+  e = config.eval
+  run = paths.resolve(workdir).name
+  result = synthetic_metrics.aggregate(scores)
+  result["metrics"].update(features.metrics())
   description = (f"{len(schedules)} held-out videos of {e.num_frames} frames, "
                  f"{e.num_segments} prompts each, checkpoint step {step}")
   result.update(step=step, description=description, notes=features.notes,
                 schedules=schedules)
-  paths = report.write_report(eval_dir, {run: result}, name=RESULTS,
-                              title=f"{run}: {description}")
-  _write_notes(paths["markdown"], features.notes)
+  files = report.write_report(eval_dir, {run: result}, name=RESULTS,
+                              title=f"{run}: {description}", notes=features.notes)
 
   per_video = {str(i): {"metrics": s["metrics"], "curves": s["curves"],
                         "schedule": schedule, "switches": s["switches"]}
                for i, (s, schedule) in enumerate(zip(scores, schedules))}
-  video_paths = report.write_report(eval_dir, per_video, name=VIDEOS,
-                                    title=f"{run}: each held-out video")
-  _write_notes(video_paths["markdown"], [
-      f"{i}: " + " | ".join(f"{start}: {caption}" for start, caption in schedule)
-      for i, schedule in enumerate(schedules)])
-  logging.info("Wrote %s", paths["markdown"])
-  return {**paths, **{f"mask/{name}": path for name, path in mask_paths.items()}}
+  video_notes = [f"{i}: " + " | ".join(f"{start}: {caption}" for start, caption in schedule)
+                 for i, schedule in enumerate(schedules)]
+  report.write_report(eval_dir, per_video, name=VIDEOS, title=f"{run}: each held-out video",
+                      notes=video_notes)
+  logging.info("Wrote %s", files["markdown"])
+  return {**files, **{f"mask/{name}": path for name, path in mask_paths.items()}}
 
 
-def _load_results(workdir: str) -> dict[str, Any]:
+def _load_results(workdir: paths.PathLike) -> dict[str, Any]:
   """The run's entry of WORKDIR/eval/results.json, curves as float arrays (null -> NaN)."""
-  path = os.path.join(workdir, EVAL_DIR, RESULTS + ".json")
-  if not os.path.isfile(path):
+  path = epath.Path(workdir) / EVAL_DIR / f"{RESULTS}.json"
+  if not path.is_file():
     raise FileNotFoundError(f"{path} does not exist: evaluate the run first "
                             f"(python -m artv_jax.main --mode=eval --workdir={workdir}).")
-  with open(path, encoding="utf-8") as f:
-    (result,) = json.load(f).values()
+  (result,) = json.loads(path.read_text()).values()
   nan = lambda v: math.nan if v is None else v
   result["metrics"] = {name: nan(v) for name, v in result["metrics"].items()}
   result["curves"] = {name: np.array([nan(v) for v in curve], np.float64)
@@ -276,7 +276,7 @@ def _load_results(workdir: str) -> dict[str, Any]:
   return result
 
 
-def compare_runs(workdirs: Mapping[str, str], out_dir: str,
+def compare_runs(workdirs: Mapping[str, paths.PathLike], out_dir: paths.PathLike,
                  name: str = "comparison") -> dict[str, str]:
   """One table and drift plots (a line per run) from the evaluations of several runs.
 
@@ -288,11 +288,10 @@ def compare_runs(workdirs: Mapping[str, str], out_dir: str,
     The paths ``report.write_report`` wrote.
   """
   results = {run: _load_results(workdir) for run, workdir in workdirs.items()}
-  paths = report.write_report(out_dir, results, name=name,
-                              title="Held-out evaluation: " + ", ".join(results))
-  _write_notes(paths["markdown"], [
-      f"{run} ({workdirs[run]}): {r.get('description', '')}" for run, r in results.items()])
-  return paths
+  return report.write_report(
+      out_dir, results, name=name, title="Held-out evaluation: " + ", ".join(results),
+      notes=[f"{run} ({workdirs[run]}): {r.get('description', '')}"
+             for run, r in results.items()])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -307,12 +306,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if len(runs) != len(args.runs):
     parser.error(f"runs must be NAME=WORKDIR with distinct names, got {args.runs}")
   try:
-    paths = compare_runs(runs, args.out, args.name)
+    files = compare_runs(runs, args.out, args.name)
   except FileNotFoundError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  with open(paths["markdown"], encoding="utf-8") as f:
-    print(f.read())
+  print(epath.Path(files["markdown"]).read_text())
   return 0
 
 

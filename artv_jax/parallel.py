@@ -14,12 +14,15 @@ import glob
 import importlib.util
 import math
 import os
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence, TypeVar
 
+from absl import logging
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+T = TypeVar("T")
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # The batch's leading axis is split over every device.
 
@@ -189,6 +192,49 @@ def wait_for_all(name: str, timeout_s: float) -> None:
                                   barrier_sync_fn=multihost.get_barrier_sync_fn())
 
 
+def first_on_process_0(name: str, fn: Callable[[], T]) -> T:
+  """``fn()`` on process 0 first, then on the others once it has returned there.
+
+  For work whose length has no bound worth guessing (building a data set of millions of
+  videos): the others wait for it with no timeout (:func:`wait_until_done`).
+  """
+  if jax.process_index() != 0:
+    wait_until_done(name, [0])
+  result = fn()
+  if jax.process_index() == 0:
+    mark_done(name)
+  return result
+
+
+def mark_done(name: str) -> None:
+  """Tells every process that this one has finished ``name`` (see :func:`wait_until_done`)."""
+  if jax.process_count() > 1:
+    from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+    multihost.get_jax_distributed_client().key_value_set(
+        f"artv_jax/done/{name}/{jax.process_index()}", "1")
+
+
+def wait_until_done(name: str, processes: Sequence[int], poll_s: float = 10.0) -> None:
+  """Returns once each of ``processes`` has called ``mark_done(name)``; no-op for one process.
+
+  Polls JAX's coordination service with no timeout: a dead or failed peer still ends the
+  wait, through the heartbeat timeout. Each name may be used once per run.
+  """
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+  client = multihost.get_jax_distributed_client()
+  waiting, started = list(processes), time.monotonic()
+  while waiting:
+    try:
+      client.key_value_try_get(f"artv_jax/done/{name}/{waiting[0]}")
+      waiting.pop(0)
+    except jax.errors.JaxRuntimeError:  # NOT_FOUND: not done yet.
+      logging.log_every_n_seconds(logging.INFO, "Waiting for process %d: %s (%.0f s).", 600,
+                                  waiting[0], name, time.monotonic() - started)
+      time.sleep(poll_s)
+
+
 def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
   """This process's slice of the batch -> global arrays split along the batch axis.
 
@@ -206,11 +252,9 @@ def shard_pytree(tree: Any, shardings: Any) -> Any:
   return jax.device_put(tree, shardings)
 
 
-def to_host(tree: Any, mesh: Mesh) -> Any:
-  """Full numpy copies of (possibly sharded, possibly multi-process) arrays, on every host.
-
-  For metrics, samples and tests; it gathers each array whole onto every device, so
-  checkpoints of large trees go through orbax instead.
-  """
-  tree = jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+def fetch(tree: Any) -> Any:
+  """Numpy copies of the arrays of ``tree`` on every process; a collective (every process must
+  call it) for arrays that span processes, a plain copy for the others."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda x: np.asarray(x) if x.is_fully_addressable
+                      else multihost_utils.process_allgather(x, tiled=True), tree)

@@ -17,28 +17,19 @@ are encoded once into a table [P, S, D] and indexed by the frame number in the c
 frame's randomness is ``fold_in(rng, frame)``, so a video does not depend on how it is cut
 into chunks, and a run resumed from a saved carry equals an uninterrupted one.
 
-:func:`generate_video` drives the chunks: each is decoded and written as soon as it arrives
-(memory is flat in the length of the video) and the carry is saved beside the video after each
-written chunk. :func:`sample_reference` is the same sampler as a plain Python loop over a
-jitted denoising step, for tests and benchmarks.
+These functions are pure and jitted; `generate.py` drives them (chunks -> decoded frames ->
+files, resumable) and `tests/reference_sampler.py` checks them against a plain Python loop.
 """
-import bisect
 import dataclasses
 import functools
-import hashlib
-import json
-import math
-import os
-import time
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+import re
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from flax import struct
-from tqdm import tqdm
 
 from artv_jax.diffusion.ddim import ddim_step, ddim_timesteps
 from artv_jax.diffusion.dpm_solver import dpm_solver_init, dpm_solver_step, dpm_solver_timesteps
@@ -49,8 +40,6 @@ from artv_jax.models.artv import ARTV
 
 SAMPLERS = ("ddim", "dpm_solver")
 BRANCHES = (0, 1, 2)  # (∅,∅), (R,∅), (R,c), batched into one ART·V call per denoising step
-RESUME_FILE = "resume.npz"
-JSON_FILE = "sample.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +89,7 @@ class SamplerSettings:
                text_scale=float(sample.text_scale), ref_scale=float(sample.ref_scale),
                ref_noise_level=int(sample.ref_noise_level),
                reset_anchor_on_prompt_change=bool(sample.reset_anchor_on_prompt_change),
-               timestep_spacing=sample.get("timestep_spacing", "trailing"),
+               timestep_spacing=sample.timestep_spacing,
                prediction_type=prediction_type, clip_x0=bool(sample.clip_x0))
 
   def timesteps(self, num_train_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,6 +169,24 @@ def parse_prompts(prompts: Sequence[Sequence[Any]]) -> tuple[list[int], list[str
     raise ValueError(f"prompt start frames {starts} must be strictly increasing and begin at 0 "
                      "(every frame needs a prompt).")
   return starts, texts
+
+
+def prompt_schedule(sample: ml_collections.ConfigDict) -> tuple[tuple[int, str], ...]:
+  """``sample.prompts``, or ``sample.prompts_text`` where set: 'PROMPT', or
+  'FRAME:PROMPT;FRAME:PROMPT;...' (a form the command line can give)."""
+  if not sample.prompts_text:
+    return tuple((int(start), str(text)) for start, text in sample.prompts)
+  entries = [entry.strip() for entry in sample.prompts_text.split(";") if entry.strip()]
+  if len(entries) == 1 and not re.match(r"\d+\s*:", entries[0]):
+    return ((0, entries[0]),)
+  schedule = []
+  for entry in entries:
+    start, sep, text = entry.partition(":")
+    if not sep or not start.strip().isdigit():
+      raise ValueError(f"sample.prompts_text: {entry!r} is not FRAME:PROMPT (entries are "
+                       "separated by ';', e.g. '0:a red circle;8:a blue square')")
+    schedule.append((int(start), text.strip()))
+  return tuple(schedule)
 
 
 def encode_prompts(encode_text: Callable[[list[str]], Any],
@@ -389,267 +396,3 @@ def sample_chunks(model: ARTV, params: Any, schedule: Schedule, settings: Sample
 
   carries, (latents, mask_means) = jax.lax.scan(frame, carries, length=num_frames)
   return carries, jnp.swapaxes(latents, 0, 1), jnp.swapaxes(mask_means, 0, 1)
-
-
-_jitted_denoise_step = jax.jit(denoise_step, static_argnums=(0, 3))
-
-
-def sample_reference(model: ARTV, params: Any, schedule: Schedule, settings: SamplerSettings,
-                     prompts: PromptTable, rng: jax.Array, num_frames: int,
-                     latent_shape: Sequence[int],
-                     given_latents: Optional[jax.Array] = None) -> jax.Array:
-  """The sampler as a plain Python loop over frames and over a jitted denoising step.
-
-  Same randomness as :func:`sample_chunk`; kept deliberately simple (a list of frames, Python
-  prompt lookup) so that it checks the scan's bookkeeping, and times the Python-loop
-  alternative in benchmarks/sampler.py.
-
-  Returns:
-    latents [num_frames, h, w, C], the given ones first.
-  """
-  starts = [int(s) for s in prompts.starts]
-  frames = [] if given_latents is None else list(jnp.asarray(given_latents, jnp.float32))
-  anchor = frames[0] if frames else jnp.zeros(tuple(latent_shape), jnp.float32)
-  k = model.num_ref_frames
-  timesteps, next_timesteps = settings.timesteps(schedule.num_train_steps)
-  for i in range(len(frames), num_frames):
-    noise_rng, aug_rng, step_rng = frame_rngs(rng, i)
-    if frames:
-      refs = jnp.stack([frames[max(len(frames) - 1 - j, 0)] for j in range(k)])
-    else:
-      refs = jnp.zeros((k,) + anchor.shape, jnp.float32)
-    text = prompts.text[bisect.bisect_right(starts, i) - 1]
-    inputs = frame_inputs(schedule, settings, text, prompts.null_text, refs, anchor,
-                          jnp.asarray(not frames), aug_rng)
-    x = jax.random.normal(noise_rng, anchor.shape, jnp.float32)
-    solver_state = solver_init(settings, x)
-    for n, (t, t_next) in enumerate(zip(timesteps, next_timesteps)):
-      x, solver_state, _ = _jitted_denoise_step(model, params, schedule, settings, inputs, x,
-                                                solver_state, jnp.int32(t), jnp.int32(t_next),
-                                                jax.random.fold_in(step_rng, n))
-    if not frames or (settings.reset_anchor_on_prompt_change and i in starts[1:]):
-      anchor = x
-    frames.append(x)
-  return jnp.stack(frames)
-
-
-# --------------------------------------------------------------------------------------------
-# Whole videos: chunks -> decoded frames -> files, resumable.
-
-
-class LatentCodec(NamedTuple):
-  """Frames <-> latents. encode: [N, H, W, 3] in [-1, 1] -> [N, h, w, C] (scaled as the UNet
-  sees them); decode: the inverse. Both jitted."""
-  encode: Callable[[jax.Array], jax.Array]
-  decode: Callable[[jax.Array], jax.Array]
-
-
-def latent_codec(vae=None, vae_params: Any = None, batch_size: int = 4) -> LatentCodec:
-  """The SD VAE as a codec (posterior mode; ``batch_size`` frames at a time, to bound memory),
-  or, with ``vae=None``, the identity: pixel-space models whose latents are the frames."""
-  if vae is None:
-    identity = jax.jit(lambda x: jnp.asarray(x, jnp.float32))
-    return LatentCodec(identity, identity)
-  shift = vae.shift_factor or 0.0
-
-  def encode_one(frame):
-    posterior = vae.apply({"params": vae_params}, frame[None], method="encode")
-    return ((posterior.mode() - shift) * vae.scaling_factor)[0]
-
-  def decode_one(latent):
-    z = latent[None] / vae.scaling_factor + shift
-    return vae.apply({"params": vae_params}, z, method="decode")[0]
-
-  return LatentCodec(
-      jax.jit(lambda x: jax.lax.map(encode_one, x, batch_size=batch_size)),
-      jax.jit(lambda z: jax.lax.map(decode_one, z, batch_size=batch_size)))
-
-
-class VideoResult(NamedTuple):
-  """What :func:`generate_video` wrote."""
-  video: str  # video.mp4
-  gif: str  # video.gif
-  contact_sheet: str  # contact_sheet.png
-  json: str  # sample.json: prompt schedule and sampler settings
-  num_frames: int  # frames in the video so far
-  complete: bool  # False when stopped early by max_chunks (resume to finish)
-
-
-def save_carry(path: str, carry: Carry, fingerprint: str) -> None:
-  """Writes the carry as .npz atomically, with the settings it is valid for."""
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, refs=np.asarray(carry.refs), anchor=np.asarray(carry.anchor),
-           rng=np.asarray(jax.random.key_data(carry.rng)), frame=np.asarray(carry.frame),
-           fingerprint=np.asarray(fingerprint))
-  os.replace(tmp, path)
-
-
-def load_carry(path: str, fingerprint: str) -> Carry:
-  """Reads a carry saved by :func:`save_carry`; raises if it was made with other settings."""
-  with np.load(path) as f:
-    saved = str(f["fingerprint"])
-    if saved != fingerprint:
-      raise ValueError(
-          f"{path} belongs to a video generated with other settings:\n  saved:   {saved}\n"
-          f"  current: {fingerprint}\nuse the same settings (num_frames may grow), another "
-          "output directory, or resume=False to start over.")
-    return Carry(refs=jnp.asarray(f["refs"]), anchor=jnp.asarray(f["anchor"]),
-                 rng=jax.random.wrap_key_data(jnp.asarray(f["rng"])),
-                 frame=jnp.asarray(f["frame"], jnp.int32))
-
-
-def _fingerprint(settings: SamplerSettings, prompts: Sequence[Sequence[Any]], seed: int,
-                 latent_shape: Sequence[int], given_frames: Optional[np.ndarray]) -> str:
-  """What a saved carry must agree on to continue the same video."""
-  given = None
-  if given_frames is not None:
-    given = hashlib.sha1(np.ascontiguousarray(given_frames).tobytes()).hexdigest()[:16]
-  return json.dumps({"settings": dataclasses.asdict(settings),
-                     "prompts": [[int(s), str(p)] for s, p in prompts], "seed": seed,
-                     "latent_shape": list(latent_shape), "given_frames": given},
-                    sort_keys=True)
-
-
-def generate_video(model: ARTV, params: Any, schedule: Schedule,
-                   sample: ml_collections.ConfigDict, out_dir: str, *,
-                   encode_text: Callable[[list[str]], Any], codec: LatentCodec,
-                   latent_shape: Sequence[int], seed: int = 0,
-                   given_frames: Optional[np.ndarray] = None, resume: bool = True,
-                   max_chunks: Optional[int] = None, progress: bool = True,
-                   on_frames: Optional[Callable[[int, np.ndarray], None]] = None
-                   ) -> VideoResult:
-  """Generates a video and writes video.mp4, video.gif, contact_sheet.png and sample.json.
-
-  The mode follows from ``given_frames``: None is text-to-video (frame 0 from the model with
-  the references dropped); one frame is image-to-video (text + image; an empty prompt for the
-  image alone); several frames are the continuation of that video. Given frames are the start
-  of the output video.
-
-  Chunks of ``sample.chunk_frames`` frames are generated by one compiled program, decoded and
-  written as they arrive, and the carry is saved to ``out_dir/resume.npz`` after each. With
-  ``resume`` a later call with the same settings (``num_frames`` may grow) continues from the
-  last written chunk and gives the same video as an uninterrupted run.
-
-  Args:
-    model, params: the ART·V network and its parameters (e.g. the EMA).
-    schedule: the noise schedule it was trained with.
-    sample: ``config.sample`` (configs/base.py): num_frames, num_steps, sampler, eta,
-      text_scale, ref_scale, ref_noise_level, chunk_frames, reset_anchor_on_prompt_change,
-      prompts, fps; optional timestep_spacing ('trailing'), contact_sheet_every (0: about 48
-      tiles), upscale (0: enlarge frames below 128 pixels by nearest-neighbour).
-    out_dir: where the files go (created).
-    encode_text: list of P strings -> [P, S, D] text states, e.g.
-      ``lambda p: text_encoder.apply({'params': tp}, tokenize(tokenizer, p))``.
-    codec: :func:`latent_codec` of the VAE (or of None for pixel-space models).
-    latent_shape: (h, w, C) of one frame's latent.
-    seed: seed of the video's randomness.
-    given_frames: [N, H, W, 3] uint8 frames the video starts with, or None.
-    resume: continue from ``out_dir/resume.npz`` if it exists (else start over).
-    max_chunks: stop after this many chunks (the rest can be resumed); None: finish.
-    progress: show a progress bar with frames/s.
-    on_frames: called as ``on_frames(first frame, frames [n, H, W, 3] uint8)`` with each
-      generated chunk, in order, as written but before the upscaling and the lossy video
-      encoding (metrics read these). Given frames and frames before a resume are not passed.
-
-  Returns:
-    VideoResult.
-  """
-  from artv_jax import video_writer  # ffmpeg: only where files are written.
-  settings = SamplerSettings.from_config(sample, schedule.prediction_type)
-  num_frames, chunk_frames = int(sample.num_frames), int(sample.chunk_frames)
-  prompts = sample.prompts
-  table = encode_prompts(encode_text, prompts)
-  if given_frames is not None:
-    given_frames = np.asarray(given_frames)
-    if given_frames.ndim != 4 or given_frames.dtype != np.uint8:
-      raise ValueError(f"given_frames must be uint8 [N, H, W, 3], got {given_frames.dtype} "
-                       f"{list(given_frames.shape)}")
-    if num_frames <= len(given_frames):
-      raise ValueError(f"sample.num_frames={num_frames} leaves nothing to generate after the "
-                       f"{len(given_frames)} given frames; raise it.")
-  os.makedirs(out_dir, exist_ok=True)
-  fingerprint = _fingerprint(settings, prompts, seed, latent_shape, given_frames)
-  state_path = os.path.join(out_dir, RESUME_FILE)
-
-  height, width = jax.eval_shape(
-      codec.decode, jax.ShapeDtypeStruct((1,) + tuple(latent_shape), jnp.float32)).shape[1:3]
-  factor = int(sample.get("upscale", 0)) or max(1, math.ceil(128 / min(height, width)))
-  fps = float(sample.fps)
-
-  if resume and os.path.exists(state_path):
-    carry = load_carry(state_path, fingerprint)
-    if int(carry.frame) > num_frames:
-      raise ValueError(f"the video in {out_dir} already has {int(carry.frame)} frames, more "
-                       f"than sample.num_frames={num_frames}; raise it, or use resume=False "
-                       "to start over.")
-    video_writer.discard_segments(out_dir, int(carry.frame))
-  else:
-    video_writer.discard_segments(out_dir)
-    rng = jax.random.key(seed)
-    if given_frames is None:
-      carry = initial_carry(latent_shape, model.num_ref_frames, rng)
-    else:
-      if given_frames.shape[1:3] != (height, width):
-        raise ValueError(f"given frames are {given_frames.shape[1]}x{given_frames.shape[2]}, "
-                         f"the model makes {height}x{width}; resize them.")
-      pixels = jnp.asarray(given_frames, jnp.float32) / 127.5 - 1.0
-      carry = carry_from_latents(codec.encode(pixels), model.num_ref_frames, rng)
-      video_writer.write_segment(out_dir, 0, video_writer.upscale(given_frames, factor), fps)
-      save_carry(state_path, carry, fingerprint)
-  start = int(carry.frame)
-
-  info = {"prompts": [[int(s), str(p)] for s, p in prompts], "num_frames": num_frames,
-          "fps": fps, "seed": seed,
-          "mode": ("text_to_video" if given_frames is None else
-                   "image_to_video" if len(given_frames) == 1 else "continuation"),
-          "given_frames": 0 if given_frames is None else len(given_frames),
-          "sampler": dataclasses.asdict(settings), "chunk_frames": chunk_frames,
-          "timesteps": settings.timesteps(schedule.num_train_steps)[0].tolist(),
-          "latent_shape": list(latent_shape), "frame_size": [height, width],
-          "upscale": factor}
-  json_path = os.path.join(out_dir, JSON_FILE)
-  video_writer.write_json(json_path, {**info, "frames_written": start, "complete": False})
-
-  chunk_starts = list(range(start, num_frames, chunk_frames))[:max_chunks]
-  end = jnp.asarray(num_frames, jnp.int32)
-  bar = tqdm(total=num_frames, initial=start, unit="frame", disable=not progress,
-             dynamic_ncols=True)
-  written = start
-
-  def write(first: int, frames: jax.Array, carry: Carry, mask_means: jax.Array) -> int:
-    n = min(chunk_frames, num_frames - first)
-    pixels = video_writer.to_uint8(frames[:n])
-    if on_frames is not None:
-      on_frames(first, pixels)
-    video_writer.write_segment(out_dir, first, video_writer.upscale(pixels, factor), fps)
-    save_carry(state_path, carry, fingerprint)  # after the segment: it is on disk
-    bar.update(n)
-    bar.set_postfix(mask=f"{float(jnp.mean(mask_means[:n])):.3f}")
-    return first + n
-
-  # The next chunk is dispatched before the previous one is written, so the accelerator works
-  # while the host encodes video.
-  pending = None
-  t0 = time.perf_counter()
-  for first in chunk_starts:
-    carry, latents, mask_means = sample_chunk(model, params, schedule, settings, table, carry,
-                                              end, num_frames=chunk_frames)
-    frames = codec.decode(latents)
-    if pending is not None:
-      written = write(*pending)
-    pending = (first, frames, carry, mask_means)
-  if pending is not None:
-    written = write(*pending)
-  bar.close()
-  if written > start:
-    logging.info("generated frames %d-%d in %.1fs", start, written - 1,
-                 time.perf_counter() - t0)
-
-  every = int(sample.get("contact_sheet_every", 0)) or max(1, math.ceil(written / 48))
-  paths = video_writer.finalize_video(out_dir, fps, every)
-  complete = written == num_frames
-  video_writer.write_json(json_path, {**info, "frames_written": written, "complete": complete,
-                                      "contact_sheet_every": every,
-                                      "files": {k: os.path.basename(v) for k, v in paths.items()}})
-  return VideoResult(paths["video"], paths["gif"], paths["contact_sheet"], json_path, written,
-                     complete)

@@ -1,6 +1,6 @@
 """ART·V training: build the networks, the pure sharded ``train_step``, and the training loop.
 
-Read top to bottom: :func:`build_models` (frozen VAE + text encoder, the ART·V network around
+Read top to bottom: :func:`build.build_models` (frozen VAE + text encoder, the ART·V network around
 the SD UNet), :func:`make_optimizer`, :func:`create_train_state`, :func:`train_step` (one
 optimiser update, possibly over several micro-batches), :func:`train_and_evaluate` (mesh,
 input pipeline, checkpoints, metrics).
@@ -10,28 +10,24 @@ import json
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
+from artv_jax import build
 from artv_jax import parallel
+from artv_jax import paths
+from artv_jax.checkpoints import training as training_checkpoints
 from artv_jax.diffusion.masked_loss import masked_diffusion_loss
-from artv_jax.diffusion.schedule import SD_SCHEDULER_CONFIG, Schedule, schedule_from_config
-from artv_jax.models.artv import ARTV, artv_unet, init_artv_params
-from artv_jax.models.clip_text import CLIPTextModel
-from artv_jax.models.unet import UNet2DConditionModel
-from artv_jax.models.vae import AutoencoderKL, DiagonalGaussian
-
-if TYPE_CHECKING:  # The input pipeline (TensorFlow) is imported where the data is read, so
-  from artv_jax.data import pipeline  # the step and the models import on hosts without TF.
+from artv_jax.models.vae import DiagonalGaussian
 
 
 @flax.struct.dataclass
@@ -41,145 +37,6 @@ class TrainState:
   opt_state: Any
   ema_params: Any  # exponential moving average of params (params itself if EMA is off)
   rng: jax.Array  # PRNG key for the next step
-
-
-class Models(NamedTuple):
-  """Everything fixed during training: modules, frozen weights, schedule, tokenizer."""
-  artv: ARTV
-  text_encoder: CLIPTextModel
-  vae: Optional[AutoencoderKL]  # None: latent_space == 'pixels'
-  tokenizer: Any  # transformers.CLIPTokenizer
-  schedule: Schedule
-  frozen_params: dict  # {'text_encoder': ..., 'vae': ...}, never updated
-  pretrained_unet: Optional[dict]  # SD UNet params to start from, None for from scratch
-  null_tokens: np.ndarray  # [L] token ids of the empty prompt (dropped text)
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-  names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-  if config.model.dtype not in names:
-    raise ValueError(f"config.model.dtype '{config.model.dtype}' is not one of {list(names)}.")
-  return names[config.model.dtype]
-
-
-def load_tokenizer(config: ml_collections.ConfigDict, workdir: str):
-  """The CLIP tokenizer of a from-scratch model (``config.model.tokenizer``).
-
-  'synthetic_shapes' writes the closed-vocabulary tokenizer of the synthetic data set into
-  ``workdir/tokenizer`` (every caption word one token; process 0 writes it, the others wait);
-  anything else is a tokenizer folder.
-  """
-  from transformers import CLIPTokenizer
-  path = config.model.tokenizer
-  if not path:
-    raise ValueError("config.model.tokenizer is empty: a model trained from scratch needs a "
-                     "CLIP tokenizer folder, or 'synthetic_shapes' (or set "
-                     "config.model.pretrained).")
-  if path == "synthetic_shapes":
-    from artv_jax.data import synthetic_shapes, word_tokenizer
-    path = os.path.join(workdir, "tokenizer")
-    if jax.process_index() == 0:  # One writer; the others read it once it is there.
-      word_tokenizer.write_word_tokenizer(
-          synthetic_shapes.all_captions(), path,
-          max_length=config.model.text_encoder.max_position_embeddings)
-    parallel.wait_for_all("artv_jax: tokenizer written", COMPILE_WAIT_S)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"config.model.tokenizer '{path}' is not a folder.")
-  return CLIPTokenizer.from_pretrained(path, local_files_only=True)
-
-
-def build_models(config: ml_collections.ConfigDict, rng: jax.Array, workdir: str,
-                 mesh: Optional[jax.sharding.Mesh] = None) -> Models:
-  """The networks, from converted SD weights (``model.pretrained``) or from scratch.
-
-  With a ``mesh``, converted weights are restored straight into their fsdp shardings on every
-  process (:func:`artv_jax.parallel.param_sharding`), never whole on one device.
-  """
-  from artv_jax.checkpoints import load_pretrained  # Heavy (tokenizer); only needed here.
-  dtype = compute_dtype(config)
-  m = config.model
-  if m.latent_space not in ("vae", "pixels"):
-    raise ValueError(f"config.model.latent_space '{m.latent_space}' is not 'vae' or 'pixels'.")
-  pretrained_unet = None
-  if m.pretrained:
-    sharding = None if mesh is None else functools.partial(
-        parallel.param_sharding, mesh, min_size=config.mesh.min_shard_size)
-    sd = load_pretrained(m.pretrained, dtype=dtype, sharding=sharding)
-    unet, text_encoder, vae, tokenizer = sd.unet, sd.text_encoder, sd.vae, sd.tokenizer
-    unet = unet.clone(remat=m.remat, remat_policy=m.remat_policy, attention=m.attention)
-    scheduler = sd.config["scheduler"]
-    frozen = {"text_encoder": sd.params["text_encoder"], "vae": sd.params["vae"]}
-    pretrained_unet = sd.params["unet"]
-  else:
-    tokenizer = load_tokenizer(config, workdir)
-    unet = UNet2DConditionModel.from_config(m.unet.to_dict(), dtype=dtype, remat=m.remat,
-                                            remat_policy=m.remat_policy, attention=m.attention)
-    text_encoder = CLIPTextModel.from_config(m.text_encoder.to_dict(), dtype=dtype,
-                                             vocab_size=len(tokenizer))
-    vae = (AutoencoderKL.from_config(m.vae.to_dict(), dtype=dtype)
-           if m.latent_space == "vae" else None)
-    scheduler = SD_SCHEDULER_CONFIG
-    text_rng, vae_rng = jax.random.split(rng)
-    ids = jnp.zeros((1, tokenizer.model_max_length), jnp.int32)
-    frozen = {"text_encoder": jax.jit(text_encoder.init)(text_rng, ids)["params"]}
-    if vae is not None:
-      size = config.data.resolution
-      frozen["vae"] = jax.jit(vae.init)(vae_rng, jnp.zeros((1, size, size, 3)))["params"]
-  schedule = make_schedule_with_overrides(scheduler, m.scheduler)
-  if m.latent_space == "pixels":
-    vae = None
-    frozen.pop("vae", None)
-
-  latent_channels = 3 if vae is None else vae.latent_channels
-  if unet.in_channels != latent_channels:
-    raise ValueError(f"UNet in_channels={unet.in_channels} but latents have {latent_channels} "
-                     f"channels (latent_space='{m.latent_space}').")
-  artv = make_artv(m, unet, latent_channels)
-  null_tokens = tokenize(tokenizer, [""])[0]
-  return Models(artv, text_encoder, vae, tokenizer, schedule, frozen, pretrained_unet,
-                null_tokens)
-
-
-def make_schedule_with_overrides(scheduler: dict,
-                                 overrides: ml_collections.ConfigDict) -> Schedule:
-  """The schedule of a diffusers scheduler config, with ``config.model.scheduler``'s set fields
-  (not empty, not 0) in place of its own."""
-  changed = {key: value for key, value in overrides.items() if value not in ("", 0, 0.0)}
-  try:
-    return schedule_from_config({**scheduler, **changed})
-  except ValueError as e:
-    raise ValueError(f"config.model.scheduler {changed}: {e}") from e
-
-
-def make_artv(model_config: ml_collections.ConfigDict, unet: UNet2DConditionModel,
-              latent_channels: int) -> ARTV:
-  """The ART·V network around ``unet`` that ``config.model`` describes."""
-  m = model_config
-  return ARTV(
-      unet=artv_unet(unet, num_ref_frames=m.num_ref_frames, use_anchor=m.use_anchor,
-                     use_mask=m.use_mask, reference_pathway=m.reference_pathway),
-      latent_channels=latent_channels, num_ref_frames=m.num_ref_frames,
-      use_anchor=m.use_anchor, use_mask=m.use_mask,
-      use_ref_noise_embedding=m.use_ref_noise_embedding,
-      reference_pathway=m.reference_pathway, adapter_width_divisor=m.adapter_width_divisor,
-      use_text_time_embedding=m.use_text_time_embedding)
-
-
-def tokenize(tokenizer, captions) -> np.ndarray:
-  """Captions -> [B, L] int32 token ids, padded/truncated to the tokenizer's max length."""
-  captions = [c.decode() if isinstance(c, bytes) else str(c) for c in captions]
-  return np.asarray(tokenizer(captions, padding="max_length", truncation=True,
-                              max_length=tokenizer.model_max_length)["input_ids"], np.int32)
-
-
-def latent_size(models: Models, resolution: int) -> int:
-  """Side of the latent of a resolution x resolution frame; checks divisibility."""
-  factor = 1 if models.vae is None else 2 ** (len(models.vae.block_out_channels) - 1)
-  unet_factor = 2 ** (len(models.artv.unet.block_out_channels) - 1)
-  if resolution % (factor * unet_factor):
-    raise ValueError(f"resolution {resolution} is not divisible by {factor * unet_factor} "
-                     f"(VAE down-sampling {factor} x UNet down-sampling {unet_factor}).")
-  return resolution // factor
 
 
 def trainable_labels(params: Any, trainable: str) -> Any:
@@ -227,21 +84,19 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.Grad
                                trainable_labels(params, t.trainable))
 
 
-def create_train_state(config: ml_collections.ConfigDict, models: Models,
+def create_train_state(config: ml_collections.ConfigDict, models: build.Models,
                        optimizer: optax.GradientTransformation, rng: jax.Array,
                        pretrained_unet: Optional[dict] = None) -> TrainState:
   """The state before step 0. ``pretrained_unet`` is an argument, not read from ``models``,
   so that a jitted init takes the (sharded) weights as inputs rather than as constants."""
   init_rng, state_rng = jax.random.split(rng)
-  size = latent_size(models, config.data.resolution)
-  params = init_artv_params(models.artv, init_rng, (size, size), len(models.null_tokens),
-                            mask_bias=config.model.mask_bias_init,
-                            pretrained_unet=pretrained_unet)
+  params = build.init_params(config, models, init_rng, pretrained_unet)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), ema_params=params, rng=state_rng)
 
 
-def encode_frames(models: Models, frozen: dict, frames: jax.Array, rng: jax.Array) -> jax.Array:
+def encode_frames(models: build.Models, frozen: dict, frames: jax.Array,
+                  rng: jax.Array) -> jax.Array:
   """frames [N, H, W, 3] in [-1, 1] -> latents [N, h, w, C] (scaled as the UNet expects)."""
   if models.vae is None:
     return frames.astype(jnp.float32)
@@ -249,7 +104,7 @@ def encode_frames(models: Models, frozen: dict, frames: jax.Array, rng: jax.Arra
   return posterior.sample(rng) * models.vae.scaling_factor
 
 
-def batch_latents(models: Models, frozen: dict, batch: dict,
+def batch_latents(models: build.Models, frozen: dict, batch: dict,
                   rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Latents (target [B, h, w, C], refs [B, K, h, w, C], anchor [B, h, w, C]), scaled.
 
@@ -268,7 +123,7 @@ def batch_latents(models: Models, frozen: dict, batch: dict,
   return latents[:b], latents[2 * b:].reshape((b, k) + latents.shape[1:]), latents[b:2 * b]
 
 
-def batch_loss(params: Any, frozen: dict, batch: dict, rng: jax.Array, *, models: Models,
+def batch_loss(params: Any, frozen: dict, batch: dict, rng: jax.Array, *, models: build.Models,
                config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """Masked diffusion loss of a batch of frames and captions.
 
@@ -277,7 +132,7 @@ def batch_loss(params: Any, frozen: dict, batch: dict, rng: jax.Array, *, models
   'refs_moments' [B, K, h, w, 2C], 'anchor_moments' [B, h, w, 2C], 'text_states' [B, L, D].
   """
   if config.mesh.gather_dtype == "compute":  # Gathered (and reduce-scattered) in bf16.
-    params, frozen = jax.tree.map(lambda p: p.astype(compute_dtype(config)), (params, frozen))
+    params, frozen = jax.tree.map(lambda p: p.astype(build.compute_dtype(config)), (params, frozen))
   elif config.mesh.gather_dtype != "float32":
     raise ValueError(f"config.mesh.gather_dtype '{config.mesh.gather_dtype}' is not "
                      "'float32' or 'compute'.")
@@ -303,7 +158,7 @@ def batch_loss(params: Any, frozen: dict, batch: dict, rng: jax.Array, *, models
       unmasked_loss_weight=d.unmasked_loss_weight)
 
 
-def train_step(state: TrainState, batch: dict, frozen: dict, *, models: Models,
+def train_step(state: TrainState, batch: dict, frozen: dict, *, models: build.Models,
                optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict,
                mesh: jax.sharding.Mesh) -> tuple[TrainState, dict]:
   """One optimiser update over ``grad_accum_steps`` micro-batches of ``batch``.
@@ -330,8 +185,8 @@ def train_step(state: TrainState, batch: dict, frozen: dict, *, models: Models,
   init = (zeros, 0.0, 0.0, 0.0)
   micro_rngs = jax.random.split(step_rng, accum)
   if accum == 1:
-    # Inside an XLA loop, XLA:CPU's convolution gradients miss its fast (YNNPACK) kernels and
-    # run 6-20x slower (benchmarks/train_step.py), so a single micro-batch takes no loop.
+    # Inside an XLA loop, XLA:CPU's convolution gradients miss its fast (YNNPACK) kernels
+    # (docs/RESULTS.md), so a single micro-batch takes no loop.
     (grads, loss, mask_mean, unmasked), _ = accumulate(
         init, jax.tree.map(lambda x: x[0], (micro, micro_rngs)))
   else:
@@ -358,7 +213,7 @@ def train_step(state: TrainState, batch: dict, frozen: dict, *, models: Models,
 
 class Trainer(NamedTuple):
   """Everything a training loop needs: networks, the compiled sharded step, how to init."""
-  models: Models
+  models: build.Models
   optimizer: optax.GradientTransformation
   step_fn: Callable  # (state, global batch, frozen) -> (state, metrics), jitted and sharded
   init_state: Callable  # () -> the TrainState before step 0, laid out on the mesh
@@ -371,9 +226,9 @@ class Trainer(NamedTuple):
 def make_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
   """Builds the networks and jit(train_step) with NamedShardings over a (data, fsdp) mesh."""
   _check_batch_config(config)
-  models_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  models_rng, state_rng = build.seeds(config)
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-  models = build_models(config, models_rng, workdir, mesh)
+  models = build.build_models(config, models_rng, workdir, mesh)
   pretrained = models.pretrained_unet
   optimizer = make_optimizer(config, jax.eval_shape(
       lambda p: create_train_state(config, models, optax.identity(), state_rng, p).params,
@@ -395,7 +250,7 @@ def make_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
                  mesh)
 
 
-def jit_train_step(config: ml_collections.ConfigDict, models: Models,
+def jit_train_step(config: ml_collections.ConfigDict, models: build.Models,
                    optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                    state_sharding: Any, frozen_sharding: Any, donate: bool = True) -> Callable:
   """:func:`train_step` jitted over the mesh: (state, global batch, frozen) -> (state,
@@ -415,17 +270,17 @@ def to_model_batch(trainer: Trainer, batch: dict) -> dict:
                                          "text_states")}
   else:
     batch = {"target": batch["target"], "refs": batch["refs"], "anchor": batch["anchor"],
-             "tokens": tokenize(trainer.models.tokenizer, batch["caption"])}
+             "tokens": build.tokenize(trainer.models.tokenizer, batch["caption"])}
   return parallel.host_local_to_global(batch, trainer.mesh)
 
 
-def check_precomputed(builder, models: Models, config: ml_collections.ConfigDict) -> None:
+def check_precomputed(builder, models: build.Models, config: ml_collections.ConfigDict) -> None:
   """The pre-encoded data set (``config.data.precomputed_dir``) fits this run's VAE."""
   metadata = builder.info.metadata
   if models.vae is None:
     raise ValueError("config.data.precomputed_dir holds VAE latents, but "
                      "config.model.latent_space is 'pixels'; clear one of them.")
-  size = latent_size(models, config.data.resolution)
+  size = build.latent_size(models, config.data.resolution)
   wanted = (size, size, 2 * models.vae.latent_channels), models.vae.scaling_factor
   found = builder.info.features["moments"].shape[1:], metadata["scaling_factor"]
   if found != wanted:
@@ -478,30 +333,20 @@ class _StopRequest:
     return self.requested
 
 
-def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
-                                         enable_async_checkpointing=True, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
-
-
 def restore_state(manager: ocp.CheckpointManager, trainer: Trainer, step: int,
-                  data: Optional["pipeline.TrainIterator"] = None) -> TrainState:
+                  data=None) -> TrainState:
   """The state of checkpoint ``step``, laid out on the trainer's mesh; with ``data``, the
   input iterator is moved to the checkpoint's position too."""
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         trainer.abstract_state, trainer.state_sharding)
-  items = {"state": ocp.args.StandardRestore(target)}
   if data is not None:
-    from artv_jax.data import pipeline  # pylint: disable=redefined-outer-name
-    items["data"] = pipeline.TrainIteratorRestore(data)
-  return manager.restore(step, args=ocp.args.Composite(**items)).state
+    from artv_jax.data import pipeline  # Imported here: the step imports without TF and Grain.
+    data = pipeline.restore_args(data)
+  return training_checkpoints.restore_state(manager, step, target, data)
 
 
 # Seconds every process waits for the others to compile a program before its first run.
 COMPILE_WAIT_S = 3600
-# Seconds the other processes wait for process 0 to build the data set (WebVid: hours).
-DATA_BUILD_WAIT_S = 7 * 24 * 3600
 
 
 def compile_everywhere(jitted: Callable, name: str, *args) -> Callable:
@@ -512,8 +357,7 @@ def compile_everywhere(jitted: Callable, name: str, *args) -> Callable:
   return compiled
 
 
-def restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer,
-                    data: "pipeline.TrainIterator") -> TrainState:
+def restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer, data) -> TrainState:
   """The latest checkpoint (state, and ``data`` moved to its position), else a fresh state."""
   step = manager.latest_step()
   if step is None:
@@ -524,16 +368,23 @@ def restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer,
 
 
 class MetricsLogger:
-  """Console, TensorBoard event files and ``metrics.jsonl`` (process 0 only)."""
+  """Console, TensorBoard event files and ``metrics.jsonl`` (process 0 only).
 
-  def __init__(self, workdir: str):
+  ``metrics.jsonl`` is rewritten whole (atomically) at each checkpoint: object stores have no
+  append, and a resumed run then finds exactly the lines up to its checkpoint, with no
+  duplicates of the steps it redoes.
+  """
+
+  def __init__(self, workdir: str, start_step: int):
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
     import tensorflow as tf  # Event files; TF is already a dependency of the input pipeline.
     self._tf = tf
-    self._writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._writer = tf.summary.create_file_writer(os.fspath(epath.Path(workdir) / "tensorboard"))
+    self._path = epath.Path(workdir) / "metrics.jsonl"
+    lines = self._path.read_text().splitlines() if self._path.exists() else []
+    self._lines = [line for line in lines if json.loads(line)["step"] <= start_step]
 
   def scalars(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -541,14 +392,13 @@ class MetricsLogger:
     with self._writer.as_default():
       for name, value in metrics.items():
         self._tf.summary.scalar(name, value, step=step)
-    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self._jsonl.flush()
+    self._lines.append(json.dumps({"step": step, **metrics}))
     logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
-  def close(self) -> None:
+  def flush(self) -> None:
     if self.enabled:
       self._writer.flush()
-      self._jsonl.close()
+      paths.write_atomic(self._path, "".join(line + "\n" for line in self._lines))
 
 
 def _raise_if_not_finite(metrics: Optional[dict], step: int,
@@ -564,44 +414,54 @@ def _raise_if_not_finite(metrics: Optional[dict], step: int,
       "check the data.")
 
 
-def prepare_dataset(config: ml_collections.ConfigDict, workdir: str):
-  """The TFDS builder of ``config.data``: the pre-encoded one if set, else built by process 0
-  while the others wait (for as long as the build takes)."""
-  from artv_jax.data import pipeline  # pylint: disable=redefined-outer-name
+def prepare_dataset(config: ml_collections.ConfigDict, workdir: str) -> list:
+  """The TFDS builders of ``config.data`` (one, or the parts of a WebVid built in parallel):
+  the pre-encoded data set if set; else built where missing, by process 0 (or, for WebVid
+  in ``webvid_parts`` parts, part i by process i % process_count) while the others wait for
+  as long as the build takes; then opened by all."""
+  from artv_jax.data import pipeline
   d = config.data
   if d.precomputed_dir:
     from artv_jax.data import precompute
-    return precompute.load_encoded(d.precomputed_dir)
-  build = lambda: pipeline.make_builder(d.dataset, d.data_dir or os.path.join(workdir, "tfds"),
-                                        resolution=d.resolution,
-                                        manual_dir=d.manual_dir or None, variant=d.variant)
-  builder = build() if jax.process_index() == 0 else None
-  parallel.wait_for_all("artv_jax: data set prepared", DATA_BUILD_WAIT_S)
-  return builder or build()
+    return [precompute.load_encoded(d.precomputed_dir)]
+  if d.webvid_parts < 1 or (d.webvid_parts > 1 and d.dataset != "webvid"):
+    raise ValueError(f"config.data.webvid_parts={d.webvid_parts}: it splits the build of "
+                     f"'webvid' into parts, at least 1 (dataset is {d.dataset!r}).")
+  build = functools.partial(
+      pipeline.make_builder, d.dataset, d.data_dir or os.fspath(epath.Path(workdir) / "tfds"),
+      resolution=d.resolution, manual_dir=d.manual_dir or None, variant=d.variant)
+  if d.webvid_parts == 1:
+    return [parallel.first_on_process_0("data set prepared", build)]
+  parts = range(d.webvid_parts)
+  for part in parts[jax.process_index()::jax.process_count()]:
+    build(part=(part, d.webvid_parts))
+  parallel.mark_done("data set parts prepared")
+  parallel.wait_until_done("data set parts prepared", range(jax.process_count()))
+  return [build(part=(part, d.webvid_parts)) for part in parts]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains ART·V, resuming from the latest checkpoint in ``workdir``; returns the final state."""
   from tqdm import tqdm
-  from artv_jax.data import pipeline  # pylint: disable=redefined-outer-name
+  from artv_jax.data import pipeline
 
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   trainer = make_trainer(config, workdir)
   d = config.data
-  builder = prepare_dataset(config, workdir)
+  builders = prepare_dataset(config, workdir)
   if d.precomputed_dir:
-    check_precomputed(builder, trainer.models, config)
+    check_precomputed(builders[0], trainer.models, config)
   data = pipeline.make_train_iterator(
-      builder, global_batch_size=config.train.batch_size,
+      builders, global_batch_size=config.train.batch_size,
       num_reference_frames=config.model.num_ref_frames, min_stride=d.min_stride,
       max_stride=d.max_stride, max_anchor_strides=d.max_anchor_strides or None,
-      shuffle_buffer_size=d.shuffle_buffer, seed=config.seed)
-  manager = checkpoint_manager(workdir, config)
+      seed=config.seed, worker_count=d.worker_count)
+  manager = training_checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints)
   state = restore_or_init(manager, trainer, data)
 
-  logger = MetricsLogger(workdir)
   stop = _StopRequest()
   start_step = int(jax.device_get(state.step))
+  logger = MetricsLogger(workdir, start_step)
   num_steps = config.train.num_steps
   progress = tqdm(total=num_steps, initial=start_step, disable=jax.process_index() != 0,
                   desc="train", unit="step")
@@ -629,7 +489,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
         _raise_if_not_finite(pending, step, manager)
         manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=pipeline.TrainIteratorSave(data)))
+            state=ocp.args.StandardSave(state), data=pipeline.save_args(data)))
+        logger.flush()
       if preempted:
         logging.warning("Preemption requested: checkpointed step %d and stopping.", step)
         break
@@ -639,5 +500,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   finally:
     manager.wait_until_finished()
     progress.close()
-    logger.close()
+    logger.flush()
   return state

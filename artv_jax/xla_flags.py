@@ -9,9 +9,8 @@ import os
 from typing import Sequence
 
 # jaxlib 0.10 hands dots, convolutions, elementwise ops and reductions to YNNPACK by default.
-# Its reductions ran the attention softmax and the GroupNorm statistics about 10x slower than
-# XLA's own loops (the SD UNet training step 2.5x slower; benchmarks/unet_vs_diffusers.py),
-# so only dots and convolutions go to YNNPACK.
+# Its reductions ran the attention softmax and the GroupNorm statistics much slower than XLA's
+# own loops (figures in docs/RESULTS.md), so only dots and convolutions go to YNNPACK.
 CPU_FLAGS: tuple[str, ...] = (
     "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution",)
 

@@ -1,8 +1,8 @@
 r"""ART·V at SD 2.1-base size on one accelerator: parity with diffusers, then training and
 sampling speed against PyTorch diffusers on the same card, in one run.
 
-    python benchmarks/accelerator.py --out speed.json               # one GPU: about 8 minutes
-    python benchmarks/accelerator.py --small --out /tmp/small.json  # CPU, toy sizes, < 1 minute
+    python benchmarks/accelerator.py --out speed.json               # one GPU
+    python benchmarks/accelerator.py --small --out /tmp/small.json  # CPU, toy sizes
 
 First every program the run times is lowered and compiled, side by side in threads (XLA's
 compiles release the GIL); then the sections run in this order, each printing its table when
@@ -106,6 +106,8 @@ def _parse_args(argv=None):
                       "torch_sample,best,long")
   parser.add_argument("--levers", default=None,
                       help=f"levers to measure (all; small: no_remat): {','.join(LEVERS)}")
+  parser.add_argument("--sample-attentions", default=None,
+                      help="attentions the sampler is timed with (xla,cudnn on a GPU; else auto)")
   parser.add_argument("--param-dtypes", default=None,
                       help="parameter dtypes the sampler is timed with (fp32,bf16; small: bf16)")
   parser.add_argument("--torch-compile", default=None, choices=("on", "off"),
@@ -276,10 +278,10 @@ def fresh_state(bench: Bench):
 def model_batch(bench: Bench, batch: int):
   """A precomputed-style global batch: posterior moments of 32×32×4 latents, text states."""
   import numpy as np
-  from artv_jax import train
+  from artv_jax import build, train
   if batch not in bench.batches:
     models = bench.trainer.models
-    size = train.latent_size(models, bench.config.data.resolution)
+    size = build.latent_size(models, bench.config.data.resolution)
     channels = 2 * models.vae.latent_channels
     rng = np.random.default_rng(batch)
     moments = lambda *shape: rng.standard_normal(shape, np.float32)
@@ -302,7 +304,7 @@ def variant_step(bench: Bench, overrides: dict, batch: int):
   m = config.model
   artv = trainer.models.artv
   artv = artv.clone(unet=artv.unet.clone(remat=m.remat, remat_policy=m.remat_policy,
-                                         attention=m.attention))
+                                         attention=m.attention, dense=m.dense))
   models = trainer.models._replace(artv=artv)
   frozen_sharding = jax.tree.map(lambda x: x.sharding, trainer.frozen)
   return train.jit_train_step(config, models, trainer.optimizer, trainer.mesh,
@@ -500,13 +502,13 @@ def lower_step(bench: Bench, overrides: dict, batch: int):
   return bench.lowered[key]
 
 
-def model_flops(bench: Bench, batch: int) -> float:
+def model_flops(bench: Bench, batch: int) -> Optional[float]:
   """FLOPs of one step without recomputation: XLA's count of the step lowered without remat
-  (the 'no_remat' lever's program)."""
+  (the 'no_remat' lever's program); None where the backend gives no count before compiling."""
   analysis = lower_step(bench, {"model.remat": False}, batch).cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0]
-  return float(analysis["flops"])
+  return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
 def compile_many(programs: dict, jobs: dict, threads: int) -> None:
@@ -564,16 +566,21 @@ def time_step(bench: Bench, compiled, batch: int, steps: int) -> list[float]:
       fresh_state(bench)  # A failed call consumed the donated state.
 
 
-def train_row(bench: Bench, name: str, batch: int, compiled, compile_s: float, flops: float,
-              steps: int, peak: float) -> dict:
+def train_row(bench: Bench, name: str, batch: int, compiled, compile_s: float, steps: int,
+              peak: float) -> dict:
   times = time_step(bench, compiled, batch, steps)
   seconds = common.median(times)
-  hardware = common.xla_flops(compiled)
+  flops = model_flops(bench, batch)  # After the timing: tracing the full step takes a while.
+  try:
+    hardware = common.xla_flops(compiled) / seconds / 1e12
+  except RuntimeError:
+    hardware = None
+  model = None if flops is None else flops / seconds / 1e12
   return {"variant": name, "batch": batch, "ms_per_step": 1e3 * seconds,
           "min_ms": 1e3 * min(times), "examples_per_s": batch / seconds,
-          "model_tflop_per_step": flops / 1e12, "model_tflops": flops / seconds / 1e12,
-          "mfu": flops / seconds / 1e12 / peak,
-          "hardware_tflops": hardware / seconds / 1e12,
+          "model_tflop_per_step": None if flops is None else flops / 1e12,
+          "model_tflops": model, "mfu": None if model is None else model / peak,
+          "hardware_tflops": hardware,
           "footprint_gb": footprint_gb(compiled), "compile_s": compile_s}
 
 
@@ -588,8 +595,8 @@ def train_variant(run: Run, bench: Bench, programs: dict, section: str, name: st
   try:
     if isinstance(program, Exception):
       raise program
-    row = train_row(bench, name, batch, program, compile_s, model_flops(bench, batch),
-                    run.args.train_steps, run.args.peak_tflops)
+    row = train_row(bench, name, batch, program, compile_s, run.args.train_steps,
+                    run.args.peak_tflops)
   except Exception as e:  # pylint: disable=broad-except
     run.error(f"{section}/{name}/batch {batch}", e)
     run.add(section, {"variant": name, "batch": batch, "error": f"{type(e).__name__}: "
@@ -700,7 +707,7 @@ class SampleSetup:
 def sample_setup(run: Run, bench: Bench, attentions: list[str]) -> SampleSetup:
   import jax
   import jax.numpy as jnp
-  from artv_jax import sampling, train
+  from artv_jax import build, generate, sampling
   models = bench.trainer.models
   artv = {a: models.artv.clone(unet=models.artv.unet.clone(attention=a, remat=False))
           for a in attentions}
@@ -713,9 +720,9 @@ def sample_setup(run: Run, bench: Bench, attentions: list[str]) -> SampleSetup:
   prompts = sampling.PromptTable(text=jax.random.normal(keys[0], (1, text_len, dim)),
                                  null_text=jax.random.normal(keys[1], (text_len, dim)),
                                  starts=jnp.zeros((1,), jnp.int32))
-  codec = sampling.latent_codec(models.vae, bench.trainer.frozen["vae"])
+  codec = generate.latent_codec(models.vae, bench.trainer.frozen["vae"])
   decode = jax.jit(lambda z: codec.decode(z.reshape((-1,) + z.shape[-3:])))
-  size = train.latent_size(models, bench.config.data.resolution)
+  size = build.latent_size(models, bench.config.data.resolution)
   return SampleSetup(bench, artv, models.schedule, settings, prompts, decode,
                      (size, size, models.artv.latent_channels))
 
@@ -723,8 +730,9 @@ def sample_setup(run: Run, bench: Bench, attentions: list[str]) -> SampleSetup:
 def sample_variants(args, backend: str) -> list[tuple[str, str, int]]:
   """(parameter dtype, attention, videos) of the sample section, in the order timed."""
   dtypes = args.param_dtypes.split(",")
-  attentions = ["xla", "cudnn"] if backend == "gpu" else ["auto"]
-  single = [(d, "xla" if backend == "gpu" else "auto", 1) for d in dtypes]
+  attentions = (args.sample_attentions.split(",") if args.sample_attentions else
+                ["xla", "cudnn"] if backend == "gpu" else ["auto"])
+  single = [(d, attentions[0], 1) for d in dtypes]
   single += [(dtypes[-1], a, 1) for a in attentions[1:]]
   return single + [(dtypes[-1], a, args.videos) for a in attentions]
 

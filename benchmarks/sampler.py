@@ -68,13 +68,13 @@ def _build(config, latent_size: int, text_len: int):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from artv_jax import train  # pylint: disable=g-import-not-at-top
+  from artv_jax import build  # pylint: disable=g-import-not-at-top
   from artv_jax.models.unet import UNet2DConditionModel  # pylint: disable=g-import-not-at-top
   m = config.model
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[m.dtype]
   unet = UNet2DConditionModel.from_config(m.unet.to_dict(), dtype=dtype)
   channels = 3 if m.latent_space == "pixels" else unet.in_channels
-  model = train.make_artv(m, unet, channels)
+  model = build.make_artv(m, unet, channels)
   shape = (latent_size, latent_size, channels)
   inputs = (jnp.zeros((1,) + shape), jnp.zeros((1,), jnp.int32),
             jnp.zeros((1, text_len, unet.cross_attention_dim)),
@@ -96,7 +96,8 @@ def main():
   common.use_cpu_flags(args.xla_flags)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from artv_jax import sampling  # pylint: disable=g-import-not-at-top
+  from artv_jax import generate, sampling  # pylint: disable=g-import-not-at-top
+  from tests import reference_sampler  # pylint: disable=g-import-not-at-top
   from artv_jax.diffusion.schedule import make_schedule  # pylint: disable=g-import-not-at-top
 
   config = _load_config(args.config)
@@ -187,7 +188,7 @@ def main():
 
   # 3. The same frames from a Python loop over a jitted denoising step.
   def python_loop():
-    return sampling.sample_reference(model, params, schedule, settings, table,
+    return reference_sampler.sample_reference(model, params, schedule, settings, table,
                                      jax.random.key(0), k, latent_shape)
 
   variants = {f"scan from frame {p}": functools.partial(scan_from, p) for p in lengths}
@@ -228,9 +229,9 @@ def main():
     with sample.unlocked():
       sample.num_frames = args.output_frames
     with tempfile.TemporaryDirectory() as out_dir:
-      codec = sampling.latent_codec(None)
+      codec = generate.latent_codec(None)
       start = time.perf_counter()
-      result = sampling.generate_video(model, params, schedule, sample, out_dir,
+      result = generate.generate_video(model, params, schedule, sample, out_dir,
                                        encode_text=encode_text, codec=codec,
                                        latent_shape=latent_shape, progress=False)
       total = time.perf_counter() - start

@@ -65,19 +65,43 @@ def _inputs(batch: int, seed: int = 0):
       target=rng.standard_normal((batch, size, size, CONFIG["out_channels"]), np.float32))
 
 
+def im2col_patches(x, kernel_size: int, strides: int, padding):
+  """The kernel-sized windows of x, side by side in the channels.
+
+  x: [B, H, W, C] -> [B, H', W', kernel_size**2 * C], channel index (i * kernel_size + j) * C
+  + c for window offset (i, j): the order of a HWIO kernel reshaped to [k*k*C, C_out].
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from artv_jax.models.conv import explicit_padding  # pylint: disable=g-import-not-at-top
+  (top, bottom), (left, right) = explicit_padding(padding)
+  x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  _, height, width, _ = x.shape
+  out_h = (height - kernel_size) // strides + 1
+  out_w = (width - kernel_size) // strides + 1
+  windows = [x[:, i:i + strides * (out_h - 1) + 1:strides, j:j + strides * (out_w - 1) + 1:strides]
+             for i in range(kernel_size) for j in range(kernel_size)]
+  return windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
+
+
+def im2col_conv2d(x, kernel, strides: int = 1, padding=0):
+  """:func:`artv_jax.models.conv.conv2d` as ``im2col_patches(x) @ kernel``, one matmul (same
+  result up to float rounding, gradients included): x [B, H, W, C_in], kernel [k, k, C_in,
+  C_out] -> [B, H', W', C_out]. For XLA builds whose convolutions lag their matmuls; with
+  jaxlib 0.10 on CPU the patch copies and their col2im gradient cost more than they save."""
+  patches = im2col_patches(x, kernel.shape[0], strides, padding)
+  return patches @ kernel.reshape(-1, kernel.shape[-1])
+
+
 def _jax_step(torch_state_dict: dict, inputs: dict, remat: bool, im2col: bool):
   """Returns (step() -> blocks until done, the jitted step's FLOPs, forward(sample) [NHWC])."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from artv_jax.checkpoints.rename import convert_state_dict  # pylint: disable=g-import-not-at-top
+  from artv_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
   from artv_jax.models.unet import UNet2DConditionModel  # pylint: disable=g-import-not-at-top
 
-  from artv_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
-
-  if im2col:  # Every Conv2D inside takes the im2col lowering, while tracing.
-    conv2d = conv_lib.conv2d
-    conv_lib.conv2d = lambda x, kernel, strides, padding, _: conv2d(x, kernel, strides, padding,
-                                                                    im2col=True)
+  if im2col:  # Every Conv2D inside calls conv_lib.conv2d while tracing: swap the lowering.
+    conv_lib.conv2d = im2col_conv2d
   model = UNet2DConditionModel.from_config(CONFIG, remat=remat)
   x, t, ctx = inputs["sample"], inputs["timesteps"], inputs["context"]
   shapes = jax.eval_shape(model.init, jax.random.key(0), x, t, ctx)["params"]

@@ -39,8 +39,11 @@ def get_config() -> ml_collections.ConfigDict:
   # With remat, a jax.checkpoint_policies name of the values kept inside a block (empty: none).
   model.remat_policy = ""
   # Attention lowering: 'auto' (the fastest measured on the backend), 'xla', 'cudnn' (GPU
-  # flash attention) or 'cpu_blocked' (models/sdpa.py).
+  # flash attention) or 'cpu_blocked' (kernels/cpu_blocked_attention.py).
   model.attention = "auto"
+  # Dense-layer lowering: 'auto' (the fastest measured on the backend: 'cpu' on CPU), 'xla'
+  # (flax's own) or 'cpu' (weight gradient on XLA:CPU's fast matmul; kernels/cpu_dense.py).
+  model.dense = "auto"
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.max_ref_noise_level = 200  # s_max of reference noise augmentation (of 1000)
@@ -54,12 +57,17 @@ def get_config() -> ml_collections.ConfigDict:
   data.dataset = "webvid"  # 'webvid' (TFDS builder over CSV + videos) or 'synthetic_shapes'
   data.data_dir = ""  # TFDS data_dir
   data.manual_dir = ""  # webvid: folder with the CSV and the videos
+  # webvid: build in this many parts (by video id), part i by process i % processes, all in
+  # parallel; read as one data set. Changing it builds the parts anew.
+  data.webvid_parts = 1
   data.variant = ""  # synthetic_shapes: a predefined clip mix ('demo'); empty: the standard one
   data.resolution = 256  # frames are resized (center crop) to this square size
   data.min_stride = 1  # frame stride sampled in [min_stride, max_stride]: the motion step
   data.max_stride = 4
   data.max_anchor_strides = 0  # most strides from anchor to target; 0: the clip's length
-  data.shuffle_buffer = 10_000
+  # Processes decoding clips and sampling tuples (per JAX process); 0: in the trainer's process.
+  # A checkpoint resumes only with the count it was saved with.
+  data.worker_count = 4
   # Output (--out) of python -m artv_jax.data.precompute: frames as VAE posterior moments and
   # captions as text states, encoded once by model.pretrained. Empty: encoded at every step.
   data.precomputed_dir = ""
@@ -98,13 +106,24 @@ def get_config() -> ml_collections.ConfigDict:
   sample.ref_noise_level = 50  # s at sampling time
   sample.clip_x0 = False  # clip x̂0 to [-1, 1] at each step (pixel-space models)
   sample.chunk_frames = 16  # frames per compiled call (memory is flat in video length)
+  # 'trailing' (from t = T-1: best with few steps), 'leading' or 'linspace' (diffusers' names)
+  sample.timestep_spacing = "trailing"
+  sample.upscale = 0  # nearest-neighbour factor of the written frames; 0: to at least 128 px
+  sample.contact_sheet_every = 0  # every Nth frame in contact_sheet.png; 0: about 48 tiles
   sample.reset_anchor_on_prompt_change = False
   sample.use_ema = True
   sample.init = ""  # image file (image-to-video) or video file (continuation); empty: T2V
+  sample.run_name = ""  # folder under WORKDIR/samples for this run; empty: the next number
+  sample.resume = False  # continue run_name (or the highest number) from its last chunk
+  # 'RUN@FRAME': a new run starting from run RUN's video at chunk boundary FRAME, new prompts
+  sample.branch_from = ""
   # (start frame, prompt) pairs; the first must start at 0.
   sample.prompts = (
       (0, "a corgi running on the beach"),
   )
+  # The schedule as text, which the command line can give: 'PROMPT' or 'FRAME:PROMPT;...';
+  # replaces sample.prompts where set.
+  sample.prompts_text = ""
   sample.fps = 8
 
   # --mode=eval (artv_jax/evaluate.py): held-out prompts of the synthetic shapes data set.

@@ -113,7 +113,7 @@ def toy_train(mesh: jax.sharding.Mesh, steps: int) -> dict[str, Any]:
   return {
       "mesh": dict(mesh.shape),
       "losses": losses,
-      "params": {k: v.tolist() for k, v in flat(parallel.to_host(state.params, mesh)).items()},
+      "params": {k: v.tolist() for k, v in flat(parallel.fetch(state.params)).items()},
       "param_specs": {k: list(v.sharding.spec) for k, v in flat(state.params).items()},
       # adamw = chain(scale_by_adam, ...): the first state holds the moments.
       "adam_mu_specs": {k: list(v.sharding.spec) for k, v in flat(state.opt_state[0].mu).items()},
@@ -159,8 +159,7 @@ def artv_train(data: int, fsdp: int, steps: int, workdir: str) -> dict[str, Any]
   return {
       "mesh": dict(trainer.mesh.shape),
       "losses": losses,
-      "params": {k: v.tolist() for k, v in flat(parallel.to_host(state.params,
-                                                                 trainer.mesh)).items()},
+      "params": {k: v.tolist() for k, v in flat(parallel.fetch(state.params)).items()},
       "param_specs": {k: list(v.sharding.spec) for k, v in flat(state.params).items()},
   }
 

@@ -3,12 +3,12 @@ table of several runs, and the ablation configs."""
 import json
 import os
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from artv_jax import evaluate, train
+from artv_jax.checkpoints import training as training_checkpoints
 from artv_jax.eval import prompts
 from configs import demo
 from configs.ablations import full, masked, plain_ar, ref_noise
@@ -28,7 +28,7 @@ def evaluated(tmp_path_factory):
   config.eval.update(num_frames=NUM_FRAMES, num_segments=2, num_videos=NUM_VIDEOS)
   trainer = train.make_trainer(config, workdir)
   state = trainer.init_state()
-  manager = train.checkpoint_manager(workdir, config)
+  manager = training_checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints)
   manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
   manager.wait_until_finished()
   manager.close()

@@ -58,13 +58,28 @@ def test_train_and_sample_writes_checkpoints_and_a_video(tmp_path, data_dir):
   assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
   assert (tmp_path / "checkpoints" / "2").is_dir()
   assert (tmp_path / "tensorboard").is_dir()
-  samples = tmp_path / "samples"
-  video = iio.imread(samples / "video.mp4")
+  first = tmp_path / "samples" / "000"
+  video = iio.imread(first / "video.mp4")
   assert video.shape[0] == 8  # tiny_config: sample.num_frames
-  assert iio.imread(samples / "video.gif").shape[0] == 8
-  assert iio.imread(samples / "contact_sheet.png").ndim == 3
-  info = json.loads((samples / "sample.json").read_text())
+  assert iio.imread(first / "video.gif").shape[0] == 8
+  assert iio.imread(first / "contact_sheet.png").ndim == 3
+  info = json.loads((first / "sample.json").read_text())
   assert info["complete"] and info["num_frames"] == 8
+
+  # Sampling again, with another length and prompt, is a new run beside the first.
+  prompts = "--config.sample.prompts_text=a blue square moves up on a gray background"
+  result = _main(f"--workdir={tmp_path}", "--mode=sample", "--config.sample.num_frames=12",
+                 prompts, f"--config.data.data_dir={data_dir}")
+  assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+  assert iio.imread(tmp_path / "samples" / "001" / "video.mp4").shape[0] == 12
+  # A branch of the first run at frame 4 with the new prompt: the first run's frames, then
+  # its own.
+  result = _main(f"--workdir={tmp_path}", "--mode=sample", "--config.sample.branch_from=000@4",
+                 "--config.sample.run_name=branch", prompts, f"--config.data.data_dir={data_dir}")
+  assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+  branch = iio.imread(tmp_path / "samples" / "branch" / "video.mp4")
+  assert branch.shape == video.shape
+  assert (branch[:4] == video[:4]).all() and (branch[4:] != video[4:]).any()
 
 
 @pytest.mark.slow

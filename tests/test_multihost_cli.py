@@ -116,7 +116,9 @@ def test_a_killed_peer_ends_the_other_process_with_an_error_naming_it(tmp_path, 
 def test_two_processes_fine_tune_a_converted_sd_on_webvid_mp4s(tmp_path):
   """configs/base.py shrunk: a tiny SD saved by diffusers and converted by our tool, a WebVid
   folder of mp4 files (one corrupt); the pretrained weights restored into the fsdp shardings
-  on both processes, each holding only its shards."""
+  on both processes, each holding only its shards; the data set built in two parts, one per
+  process, at once; Grain worker processes reading the clips; then both sample one video with
+  the split parameters, and process 0 alone writes it."""
   from artv_jax import convert
   from tests.checkpoints import tiny_sd
   from tests.data.test_tfds_webvid import write_webvid_manual_dir
@@ -124,15 +126,27 @@ def test_two_processes_fine_tune_a_converted_sd_on_webvid_mp4s(tmp_path):
   converted = tmp_path / "converted"
   assert convert.main(tiny_sd.convert_args(source, "folder") + ["--dst", str(converted)]) == 0
   manual = tmp_path / "webvid"
-  write_webvid_manual_dir(str(manual))
+  write_webvid_manual_dir(str(manual), lengths=(8, 10, 14, 9, 12))  # Both parts get videos.
   workdir = str(tmp_path / "run")
   job = Job(workdir, str(tmp_path / "tfds"), f"--config.model.pretrained={converted}",
             f"--config.data.manual_dir={manual}", "--config.data.resolution=32",
-            "--config.data.shuffle_buffer=16", "--config.train.batch_size=4",
+            "--config.train.batch_size=4", "--config.data.worker_count=1",
+            "--config.data.webvid_parts=2",
             "--config.train.num_steps=2", "--config.train.checkpoint_every=1",
             "--config.train.log_every=1", "--config.train.warmup_steps=1",
             "--config.mesh.min_shard_size=64", "--config.model.dtype=float32",
+            "--mode=train_and_sample", "--config.sample.num_frames=3",
+            "--config.sample.num_steps=2", "--config.sample.chunk_frames=2",
             config="configs/base.py")
   assert job.wait() == [0, 0], job.output(0)[-3000:] + job.output(1)[-3000:]
   assert sorted(_losses(workdir)) == [1, 2]
   assert sorted(ocp.utils.checkpoint_steps(os.path.join(workdir, "checkpoints"))) == [1, 2]
+  samples = os.path.join(workdir, "samples", "000")
+  with open(os.path.join(samples, "sample.json"), encoding="utf-8") as f:
+    info = json.load(f)
+  assert info["complete"] and info["frames_written"] == 3
+  assert sorted(os.listdir(os.path.join(samples, "chunks"))) == ["00000000.mp4", "00000002.mp4"]
+  assert "Wrote VideoResult" in job.output(0) and "Wrote VideoResult" not in job.output(1)
+  built = sorted(name for name in os.listdir(os.path.join(tmp_path, "tfds", "artv_webvid"))
+                 if not name.startswith("."))
+  assert built == ["32px_8fps_part0of2", "32px_8fps_part1of2"]

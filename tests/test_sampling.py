@@ -1,10 +1,6 @@
 """The scan auto-regressive sampler: agreement with a Python loop, flat cost, prompts, resume."""
 import bisect
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -19,7 +15,7 @@ from artv_jax.diffusion.masked_loss import masked_prediction
 from artv_jax.diffusion.schedule import alpha_sigma, make_schedule
 from artv_jax.models.artv import ARTV, artv_unet
 from artv_jax.models.unet import UNet2DConditionModel
-from artv_jax.models.vae import AutoencoderKL
+from tests import reference_sampler
 
 LATENT = (8, 8, 3)  # pixel-space latents, as in the demo
 TEXT_LEN, TEXT_DIM = 4, 16
@@ -29,7 +25,6 @@ SETTINGS = sampling.SamplerSettings(num_steps=2, eta=0.5, text_scale=2.0, ref_sc
                                     ref_noise_level=50, reset_anchor_on_prompt_change=True)
 PROMPTS = ((0, "a red ball rolls right"), (7, "the ball bounces up"))
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_model() -> tuple[ARTV, dict]:
@@ -76,7 +71,8 @@ def sample_config(num_frames: int, settings: sampling.SamplerSettings = SETTINGS
       eta=settings.eta, text_scale=settings.text_scale, ref_scale=settings.ref_scale,
       ref_noise_level=settings.ref_noise_level, chunk_frames=CHUNK,
       reset_anchor_on_prompt_change=settings.reset_anchor_on_prompt_change,
-      clip_x0=settings.clip_x0, prompts=prompts, fps=8, upscale=1))
+      clip_x0=settings.clip_x0, prompts=prompts, prompts_text="", fps=8, upscale=1,
+      timestep_spacing=settings.timestep_spacing, contact_sheet_every=0))
 
 
 def scan_video(model, params, schedule, settings, table, carry, num_frames):
@@ -101,11 +97,16 @@ def read_mp4(path: str) -> np.ndarray:
   return np.stack(video_writer.read_every_nth_frame(path, 1)[1])
 
 
-@pytest.fixture(scope="module")
-def tiny():
+def tiny_sampler():
+  """(model, params, schedule, prompt table) of a tiny pixel-space ART·V."""
   model, params = tiny_model()
   table = sampling.encode_prompts(random_text_encoder, PROMPTS)
   return model, params, make_schedule(), table
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return tiny_sampler()
 
 
 def test_three_branches_in_one_call_equal_separate_calls(tiny):
@@ -173,7 +174,7 @@ def test_scan_sampler_equals_python_loop(tiny, mode, num_given):
   else:
     carry = sampling.initial_carry(LATENT, model.num_ref_frames, rng)
   scanned, carry = scan_video(model, params, schedule, SETTINGS, table, carry, num_frames)
-  expected = sampling.sample_reference(model, params, schedule, SETTINGS, table, rng,
+  expected = reference_sampler.sample_reference(model, params, schedule, SETTINGS, table, rng,
                                        num_frames, LATENT, given)
   assert int(carry.frame) == num_frames
   assert_close_to_video(scanned, expected[num_given:])
@@ -206,7 +207,7 @@ def test_dpm_solver_scan_equals_python_loop(tiny):
   rng = jax.random.key(5)
   carry = sampling.initial_carry(LATENT, model.num_ref_frames, rng)
   scanned, _ = scan_video(model, params, schedule, settings, table, carry, 5)
-  expected = sampling.sample_reference(model, params, schedule, settings, table, rng, 5,
+  expected = reference_sampler.sample_reference(model, params, schedule, settings, table, rng, 5,
                                        LATENT)
   assert_close_to_video(scanned, expected)
 
@@ -305,111 +306,14 @@ def test_each_frame_uses_the_prompt_whose_range_holds_it():
   np.testing.assert_array_equal(used, [bisect.bisect_right(starts, i) - 1 for i in range(20)])
 
 
-def test_resumed_carry_continues_the_same_video(tiny, tmp_path):
-  model, params, schedule, table = tiny
-  carry = sampling.initial_carry(LATENT, model.num_ref_frames, jax.random.key(8))
-  whole, _ = scan_video(model, params, schedule, SETTINGS, table, carry, 64)
-  first, carry = scan_video(model, params, schedule, SETTINGS, table, carry, 32)
-  path = str(tmp_path / "resume.npz")
-  sampling.save_carry(path, carry, "settings")
-  rest, _ = scan_video(model, params, schedule, SETTINGS, table,
-                       sampling.load_carry(path, "settings"), 64)
-  np.testing.assert_array_equal(jnp.concatenate([first, rest]), whole)
-
-
-def generate(tiny, out_dir, num_frames, **kwargs):
-  model, params, schedule, _ = tiny
-  return sampling.generate_video(
-      model, params, schedule, sample_config(num_frames), str(out_dir),
-      encode_text=random_text_encoder, codec=sampling.latent_codec(None),
-      latent_shape=LATENT, seed=9, progress=False, **kwargs)
-
-
-def test_generate_video_stopped_and_resumed_equals_one_run(tiny, tmp_path):
-  whole = generate(tiny, tmp_path / "whole", 64)
-  part = generate(tiny, tmp_path / "parts", 64, max_chunks=2)
-  assert (part.num_frames, part.complete) == (32, False)
-  resumed = generate(tiny, tmp_path / "parts", 64)
-  assert (resumed.num_frames, resumed.complete) == (64, True)
-  frames = read_mp4(whole.video)
-  assert frames.shape == (64, 8, 8, 3)
-  np.testing.assert_array_equal(read_mp4(resumed.video), frames)
-  with open(resumed.json) as f:
-    info = json.load(f)
-  assert info["prompts"] == [list(p) for p in PROMPTS]
-  assert info["sampler"]["text_scale"] == SETTINGS.text_scale and info["complete"]
-
-
-def test_generate_video_refuses_to_resume_other_settings(tiny, tmp_path):
-  generate(tiny, tmp_path, 20, max_chunks=1)
-  model, params, schedule, _ = tiny
-  config = sample_config(20, prompts=((0, "a blue square"),))
-  with pytest.raises(ValueError, match="resume.npz belongs to a video generated with other"):
-    sampling.generate_video(model, params, schedule, config, str(tmp_path),
-                            encode_text=random_text_encoder, codec=sampling.latent_codec(None),
-                            latent_shape=LATENT, seed=9, progress=False)
-
-
-def test_generate_video_from_an_image_starts_with_it(tiny, tmp_path):
-  image = np.zeros((1, 8, 8, 3), np.uint8)
-  image[..., 0] = 255  # red
-  chunks = []
-  result = generate(tiny, tmp_path, 20, given_frames=image,
-                    on_frames=lambda first, frames: chunks.append((first, frames)))
-  frames = read_mp4(result.video)
-  assert frames.shape == (20, 8, 8, 3)
-  np.testing.assert_allclose(frames[0].mean(axis=(0, 1)), [255, 0, 0], atol=20)
-  # on_frames gets the generated chunks (not the given image), before the video encoding.
-  assert [(first, f.shape, f.dtype) for first, f in chunks] == [
-      (1, (16, 8, 8, 3), np.uint8), (17, (3, 8, 8, 3), np.uint8)]
-
-
-def test_vae_codec_decodes_scaled_latents_frame_by_frame():
-  vae = AutoencoderKL.from_config(dict(block_out_channels=(8, 16), layers_per_block=1,
-                                       norm_num_groups=4, latent_channels=4))
-  shapes = jax.eval_shape(vae.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda a: jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype),
-                        shapes)
-  codec = sampling.latent_codec(vae, params, batch_size=2)
-  frames = jnp.asarray(rng.uniform(-1, 1, (3, 8, 8, 3)), jnp.float32)
-  latents = codec.encode(frames)  # 3 frames in batches of 2: a remainder batch too
-  posterior = vae.apply({"params": params}, frames, method="encode")
-  np.testing.assert_allclose(latents, posterior.mode() * vae.scaling_factor, atol=1e-5)
-  decoded = vae.apply({"params": params}, latents / vae.scaling_factor, method="decode")
-  np.testing.assert_allclose(codec.decode(latents), decoded, atol=1e-5)
-
-
-_MEMORY_SCRIPT = """
-import os, sys, jax
-from artv_jax import sampling
-from tests import test_sampling as t
-model, params = t.tiny_model()
-# Decoded frames of 256x256: a leak of frames would show.
-codec = sampling.LatentCodec(None, jax.jit(lambda z: z.repeat(32, axis=1).repeat(32, axis=2)))
-
-def peak_rss_kib(num_frames):
-  with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # resets the peak resident set size (VmHWM) to the current one
-  sampling.generate_video(model, params, t.make_schedule(),
-                          t.sample_config(num_frames, sampling.SamplerSettings(num_steps=1)),
-                          os.path.join(sys.argv[1], str(num_frames)),
-                          encode_text=t.random_text_encoder, codec=codec,
-                          latent_shape=t.LATENT, progress=False)
-  return next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM"))
-
-peak_rss_kib(16)  # compiles everything: that leaves hundreds of MB behind
-print(peak_rss_kib(64), peak_rss_kib(512))
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux procfs")
-def test_peak_host_memory_is_flat_in_video_length(tmp_path):
-  # In a fresh process, so that other tests' compiled programs do not count; with few malloc
-  # arenas, so that the threads' allocation patterns do not add tens of MB of noise.
-  out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(tmp_path)], cwd=REPO,
-                       env=dict(os.environ, MALLOC_ARENA_MAX="2"), capture_output=True,
-                       text=True, check=True)
-  short, long = map(int, out.stdout.split()[-2:])
-  assert long <= 1.10 * short, (short, long)
+def test_prompts_text_gives_the_schedule_from_the_command_line():
+  sample = ml_collections.ConfigDict(dict(prompts=PROMPTS, prompts_text=""))
+  assert sampling.prompt_schedule(sample) == PROMPTS
+  sample.prompts_text = "a red circle moves up"
+  assert sampling.prompt_schedule(sample) == ((0, "a red circle moves up"),)
+  sample.prompts_text = "0: a red circle moves up; 8:a red circle moves left"
+  assert sampling.prompt_schedule(sample) == ((0, "a red circle moves up"),
+                                              (8, "a red circle moves left"))
+  sample.prompts_text = "0:a red circle;later:a blue one"
+  with pytest.raises(ValueError, match="'later:a blue one' is not FRAME:PROMPT"):
+    sampling.prompt_schedule(sample)

@@ -15,7 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from artv_jax import train
+from artv_jax import build, train
+from artv_jax.checkpoints import training as training_checkpoints
 from tests import tiny_config
 from tests.multihost_worker import artv_batch, launch
 
@@ -121,6 +122,16 @@ def test_a_few_hundred_steps_lower_the_loss(tmp_path, data_dir):
   first = np.mean([losses[s] for s in range(1, 21)])
   last = np.mean([losses[s] for s in range(281, 301)])
   assert last < 0.6 * first, (first, last)
+  # Sampling reads one parameter tree alone, equal to that of the whole state.
+  trainer = train.make_trainer(config, str(tmp_path))
+  manager = training_checkpoints.checkpoint_manager(str(tmp_path), config.train.keep_checkpoints)
+  whole = train.restore_state(manager, trainer, 300)
+  for field in ("params", "ema_params"):
+    alone = training_checkpoints.restore_params(
+        tmp_path, 300, field, build.param_shapes(config, trainer.models, trainer.mesh))
+    for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(getattr(whole, field))):
+      assert a.sharding == b.sharding
+      np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
@@ -180,11 +191,11 @@ def test_a_model_from_scratch_takes_sd_s_schedule_with_the_configured_changes(tm
   config = tiny_config.get_config()
   config.model.scheduler.update(beta_schedule="", beta_start=0.0, beta_end=0.0,
                                 prediction_type="")
-  sd = train.build_models(config, jax.random.PRNGKey(0), str(tmp_path)).schedule
+  sd = build.build_models(config, jax.random.PRNGKey(0), str(tmp_path)).schedule
   assert sd.prediction_type == "epsilon"
   np.testing.assert_allclose(np.asarray(sd.betas)[[0, -1]], [0.00085, 0.012], rtol=1e-5)
   config.model.scheduler.update(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                                 prediction_type="v_prediction")
-  changed = train.build_models(config, jax.random.PRNGKey(0), str(tmp_path)).schedule
+  changed = build.build_models(config, jax.random.PRNGKey(0), str(tmp_path)).schedule
   assert changed.prediction_type == "v_prediction"
   np.testing.assert_allclose(np.asarray(changed.betas)[[0, -1]], [1e-4, 0.02], rtol=1e-5)

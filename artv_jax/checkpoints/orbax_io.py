@@ -1,29 +1,31 @@
 """Saving and restoring parameter trees with orbax.
 
 Orbax writes a checkpoint into a temporary directory and renames it into place once every
-array is on disk, so an interrupted save never leaves a checkpoint that looks complete.
+array is on disk, so an interrupted save never leaves a checkpoint that looks complete. Paths
+may be URIs (gs://...), which orbax reads and writes itself.
 """
-import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
+from artv_jax import paths
 
-def save_params(path: os.PathLike, params: Any) -> None:
+
+def save_params(path: paths.PathLike, params: Any) -> None:
   """Writes ``params`` (a pytree of numpy or jax arrays) as a new orbax checkpoint at ``path``.
 
   Raises:
     FileExistsError: if ``path`` exists (a checkpoint is never overwritten in place).
   """
-  path = os.path.abspath(path)
-  if os.path.exists(path):
+  path = paths.resolve(path)  # Orbax wants local paths absolute.
+  if path.exists():
     raise FileExistsError(f"{path} exists; save the parameters to a new path")
   with ocp.StandardCheckpointer() as checkpointer:  # Leaving the block waits for the write.
     checkpointer.save(path, params)
 
 
-def restore_params(path: os.PathLike, target: Optional[Any] = None) -> Any:
+def restore_params(path: paths.PathLike, target: Optional[Any] = None) -> Any:
   """Reads a checkpoint written by :func:`save_params`.
 
   Args:
@@ -36,8 +38,8 @@ def restore_params(path: os.PathLike, target: Optional[Any] = None) -> Any:
   Raises:
     FileNotFoundError: if ``path`` holds no checkpoint.
   """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = paths.resolve(path)
+  if not path.is_dir():
     raise FileNotFoundError(f"no orbax checkpoint at {path}")
   if target is not None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

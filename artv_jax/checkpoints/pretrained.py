@@ -10,19 +10,22 @@ serve as ``--config-from`` of another conversion::
   scheduler/scheduler_config.json    diffusers scheduler config (betas, prediction type, ...)
   tokenizer/                         the CLIP tokenizer files, as in the source
   conversion.json                    where the weights came from, and the keys left out
+
+The directory may be a URI (gs://...).
 """
 import dataclasses
 import json
 import os
-import pathlib
-import shutil
+import tempfile
 from typing import Any, Callable, Mapping, Optional
 
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import transformers
 
+from artv_jax import paths
 from artv_jax.checkpoints import orbax_io
 from artv_jax.models.clip_text import CLIPTextModel
 from artv_jax.models.unet import UNet2DConditionModel
@@ -39,6 +42,10 @@ CONFIG_FILES = {
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
 CONVERSION_FILE = "conversion.json"
+# The files a CLIP tokenizer is loaded from: all that is copied of a remote folder, which may
+# hold a model's weights beside them.
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +70,13 @@ class StableDiffusion:
   config: dict
 
 
-def read_configs(directory: os.PathLike) -> dict[str, dict]:
+def read_configs(directory: paths.PathLike) -> dict[str, dict]:
   """The four config files of a diffusers-layout directory: {'unet', ..., 'scheduler'}.
 
   Raises:
     FileNotFoundError: naming the missing files.
   """
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   missing = [f for f in CONFIG_FILES.values() if not (directory / f).is_file()]
   if missing:
     raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}: expected a diffusers "
@@ -101,35 +108,44 @@ def abstract_params(networks: Mapping[str, nn.Module]) -> dict[str, Any]:
                                *inputs[name])["params"] for name in networks}
 
 
-def save_pretrained(directory: os.PathLike, params: Mapping[str, Any],
-                    configs: Mapping[str, Mapping[str, Any]], tokenizer_dir: os.PathLike,
+def save_pretrained(directory: paths.PathLike, params: Mapping[str, Any],
+                    configs: Mapping[str, Mapping[str, Any]], tokenizer_dir: paths.PathLike,
                     conversion: Optional[Mapping[str, Any]] = None) -> None:
   """Writes a converted checkpoint (layout in the module docstring) into ``directory``, which
   must be empty or absent. ``conversion`` is provenance written to conversion.json."""
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   if any(directory.iterdir()):
     raise FileExistsError(f"{directory} is not empty")
   for name, file in CONFIG_FILES.items():
     (directory / file).parent.mkdir(parents=True, exist_ok=True)
     (directory / file).write_text(json.dumps(configs[name], indent=2, sort_keys=True) + "\n")
-  shutil.copytree(tokenizer_dir, directory / TOKENIZER_DIR)
+  paths.copy_tree(tokenizer_dir, directory / TOKENIZER_DIR)
   (directory / CONVERSION_FILE).write_text(json.dumps(conversion or {}, indent=2) + "\n")
   orbax_io.save_params(directory / PARAMS_DIR, dict(params))
 
 
-def load_tokenizer(directory: os.PathLike) -> transformers.CLIPTokenizer:
-  """transformers' CLIPTokenizer from local files (vocab.json + merges.txt, or tokenizer.json)."""
-  return transformers.CLIPTokenizer.from_pretrained(os.fspath(directory), local_files_only=True)
+def load_tokenizer(directory: paths.PathLike) -> transformers.CLIPTokenizer:
+  """transformers' CLIPTokenizer from a folder (vocab.json + merges.txt, or tokenizer.json),
+  local or a URI."""
+  directory = epath.Path(directory)
+  if paths.is_local(directory):
+    return transformers.CLIPTokenizer.from_pretrained(os.fspath(directory),
+                                                      local_files_only=True)
+  with tempfile.TemporaryDirectory() as local:  # transformers reads local files only.
+    for name in TOKENIZER_FILES:
+      if (directory / name).exists():
+        (directory / name).copy(epath.Path(local) / name)
+    return transformers.CLIPTokenizer.from_pretrained(local, local_files_only=True)
 
 
-def load_pretrained(directory: os.PathLike, *, dtype: Any = jnp.float32,
+def load_pretrained(directory: paths.PathLike, *, dtype: Any = jnp.float32,
                     param_dtype: Any = jnp.float32,
                     sharding: Optional[Callable[[Any], Any]] = None) -> StableDiffusion:
   """Loads what ``python -m artv_jax.convert`` wrote.
 
   Args:
-    directory: the converted checkpoint (``--dst`` of the converter).
+    directory: the converted checkpoint (``--dst`` of the converter), local or a URI.
     dtype: compute dtype of the three networks.
     param_dtype: dtype the parameters are restored in (stored as float32).
     sharding: maps a network's parameter tree (``jax.ShapeDtypeStruct`` leaves) to the
@@ -144,7 +160,7 @@ def load_pretrained(directory: os.PathLike, *, dtype: Any = jnp.float32,
   Raises:
     FileNotFoundError: if ``directory`` is not a converted checkpoint.
   """
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   if not (directory / PARAMS_DIR).is_dir():
     raise FileNotFoundError(
         f"{directory} is not a converted checkpoint (it has no {PARAMS_DIR}/); convert it "

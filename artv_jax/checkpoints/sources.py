@@ -10,23 +10,24 @@ Two source layouts:
 
 Safetensors are read with numpy (bfloat16 through ml_dtypes, which jax depends on); only
 ``.bin``/``.ckpt`` pickles need torch. :func:`check_architecture` compares the configs with the
-sizes the weights show, so a wrong ``config_from`` is named as such.
+sizes the weights show, so a wrong ``config_from`` is named as such. Sources may be URIs
+(gs://...); weight files are read from a local copy.
 """
 import dataclasses
 import json
-import os
-import pathlib
 import re
 from typing import Any, Mapping, Optional
 
+from etils import epath
 import flax.linen as nn
 import ml_dtypes  # pylint: disable=unused-import  # Gives numpy the bfloat16 of bf16 files.
 import numpy as np
 import safetensors.numpy
 
+from artv_jax import paths
 from artv_jax.checkpoints import ldm_layout, pretrained
 
-PRESETS_DIR = pathlib.Path(__file__).parent / "presets"
+PRESETS_DIR = epath.Path(__file__).parent / "presets"
 _NETWORK_DIRS = ("unet", "vae", "text_encoder")
 
 # diffusers before 0.14 named the VAE attention projections differently; diffusers still
@@ -60,11 +61,11 @@ class Source:
   origin: dict[str, dict[str, str]]
   dropped: list[str]
   configs: dict[str, dict[str, Any]]
-  tokenizer_dir: pathlib.Path
+  tokenizer_dir: epath.Path
 
 
-def read_source(src: os.PathLike, config_from: Optional[str] = None,
-                tokenizer: Optional[os.PathLike] = None) -> Source:
+def read_source(src: paths.PathLike, config_from: Optional[str] = None,
+                tokenizer: Optional[paths.PathLike] = None) -> Source:
   """Reads a diffusers folder or an original single-file checkpoint.
 
   Configs and tokenizer are checked before the (large) weights are read.
@@ -79,7 +80,7 @@ def read_source(src: os.PathLike, config_from: Optional[str] = None,
   Raises:
     SourceError: saying what is missing or wrong and what to pass instead.
   """
-  src = pathlib.Path(src)
+  src = epath.Path(src)
   if not src.exists():
     raise SourceError(f"--src {src} does not exist")
   if src.is_dir():
@@ -95,7 +96,7 @@ def read_source(src: os.PathLike, config_from: Optional[str] = None,
   else:
     config_dir = _config_dir(config_from)
   configs = _read_configs(config_dir)
-  tokenizer_dir = _tokenizer_dir(config_dir if tokenizer is None else pathlib.Path(tokenizer))
+  tokenizer_dir = _tokenizer_dir(config_dir if tokenizer is None else epath.Path(tokenizer))
 
   if src.is_dir():
     layout, (state_dicts, origin, dropped) = "diffusers folder", _read_diffusers_folder(src)
@@ -178,26 +179,28 @@ def _architecture(name: str, sd: Mapping[str, np.ndarray]) -> dict[str, tuple[An
   }
 
 
-def read_weights(path: os.PathLike) -> dict[str, np.ndarray]:
+def read_weights(path: paths.PathLike) -> dict[str, np.ndarray]:
   """A state dict from ``.safetensors`` (numpy) or a ``.bin``/``.ckpt`` pickle (needs torch);
   a Lightning ``.ckpt`` is unwrapped from its ``state_dict`` entry."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if path.suffix == ".safetensors":
-    return safetensors.numpy.load_file(path)
+    with paths.local_copy(path) as local:  # safetensors maps a local file.
+      return safetensors.numpy.load_file(local)
   if path.suffix in (".bin", ".ckpt", ".pt", ".pth"):
     return _read_pickle(path)
   raise SourceError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, "
                     f".bin or .ckpt")
 
 
-def _read_pickle(path: pathlib.Path) -> dict[str, np.ndarray]:
+def _read_pickle(path: epath.Path) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top  # Optional: only pickles need it.
   except ImportError:
     raise SourceError(f"{path} is a PyTorch pickle; reading it needs PyTorch (pip install "
                       f"torch), or convert it to .safetensors") from None
   try:
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    with paths.local_copy(path) as local:
+      state_dict = torch.load(local, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except  # Unpickling fails many ways.
     raise SourceError(f"{path} cannot be read as a plain state dict ({e}); convert it to "
                       f".safetensors") from None
@@ -211,7 +214,7 @@ def _read_pickle(path: pathlib.Path) -> dict[str, np.ndarray]:
           state_dict.items()}
 
 
-def _read_diffusers_folder(folder: pathlib.Path) -> tuple[dict, dict, list]:
+def _read_diffusers_folder(folder: epath.Path) -> tuple[dict, dict, list]:
   """(state dicts, origin, dropped keys) of a diffusers folder's three networks."""
   missing = [d for d in _NETWORK_DIRS if not (folder / d).is_dir()]
   if missing:
@@ -230,7 +233,7 @@ def _read_diffusers_folder(folder: pathlib.Path) -> tuple[dict, dict, list]:
   return state_dicts, origin, []
 
 
-def weight_files(folder: pathlib.Path) -> list[pathlib.Path]:
+def weight_files(folder: epath.Path) -> list[epath.Path]:
   """The weight files of one network: safetensors preferred, sharded or not."""
   for suffix in (".safetensors", ".bin"):
     index = sorted(folder.glob(f"*{suffix}.index.json"))
@@ -248,7 +251,7 @@ def weight_files(folder: pathlib.Path) -> list[pathlib.Path]:
   raise SourceError(f"{folder} has no *.safetensors or *.bin weights")
 
 
-def _read_single_file(path: pathlib.Path) -> tuple[dict, dict, list]:
+def _read_single_file(path: epath.Path) -> tuple[dict, dict, list]:
   """(state dicts, origin, dropped keys) of an original checkpoint's three networks."""
   try:
     networks = ldm_layout.convert_single_file(read_weights(path))
@@ -264,23 +267,23 @@ def presets() -> list[str]:
   return sorted(p.name for p in PRESETS_DIR.iterdir() if p.is_dir())
 
 
-def _config_dir(config_from: str) -> pathlib.Path:
+def _config_dir(config_from: str) -> epath.Path:
   if (PRESETS_DIR / config_from).is_dir():
     return PRESETS_DIR / config_from
-  if pathlib.Path(config_from).is_dir():
-    return pathlib.Path(config_from)
+  if epath.Path(config_from).is_dir():
+    return epath.Path(config_from)
   raise SourceError(f"--config-from {config_from!r} is neither a preset "
                     f"({', '.join(presets())}) nor a directory")
 
 
-def _read_configs(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
+def _read_configs(directory: epath.Path) -> dict[str, dict[str, Any]]:
   try:
     return pretrained.read_configs(directory)
   except FileNotFoundError as e:
     raise SourceError(str(e)) from None
 
 
-def _tokenizer_dir(path: pathlib.Path) -> pathlib.Path:
+def _tokenizer_dir(path: epath.Path) -> epath.Path:
   """The tokenizer folder at ``path`` (or at ``path/tokenizer``), checked to load."""
   if (path / pretrained.TOKENIZER_DIR).is_dir():  # A diffusers folder.
     path = path / pretrained.TOKENIZER_DIR

@@ -1,4 +1,4 @@
-"""Data: the synthetic shapes videos, TFDS builders, and the tf.data training pipeline.
+"""Data: the synthetic shapes videos, TFDS builders (array_record), and the Grain pipeline.
 
   synthetic_shapes.py  clips with ground truth (pure numpy), held-out combinations
   tfds_synthetic.py    TFDS builder of those clips (splits "train", "heldout")

@@ -18,7 +18,7 @@ example per source clip:
                (synthetic clips that turn).
   prompt_starts [S] int32, the first frame of each prompt.
   caption      the caption.
-  source_id    the clip's TFDS id in the source data set.
+  source_id    "{split}[{i}]": the clip's record index in the source data set's split.
 
 Training reads it with `make_train_iterator(load_encoded(ENCODED_DIR), ...)`, whose batches
 then carry 'target_moments', 'refs_moments', 'anchor_moments' and 'text_states' instead of
@@ -29,15 +29,16 @@ import argparse
 import dataclasses
 import functools
 import os
-import pathlib
 import sys
 from typing import Callable, Iterable, Iterator, Optional
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+from artv_jax import paths
 from artv_jax.checkpoints import pretrained
 from artv_jax.data import pipeline
 
@@ -64,7 +65,7 @@ class Encoders:
 
 def make_encoders(sd: pretrained.StableDiffusion) -> Encoders:
   """Jitted VAE encoder and text encoder of ``sd`` (parameters passed in, not baked in)."""
-  from artv_jax.train import tokenize  # The trainer's own tokenization, so states match.
+  from artv_jax.build import tokenize  # The trainer's own tokenization, so states match.
 
   @jax.jit
   def encode_frames(params, frames):
@@ -158,7 +159,7 @@ class ArtvEncoded(tfds.core.GeneratorBasedBuilder):
                batch_frames: int, **kwargs):
     # Set first: the base class may already ask for `info`.
     self._source, self._encoders, self._batch_frames = source, encoders, batch_frames
-    super().__init__(**kwargs)
+    super().__init__(**{"file_format": "array_record", **kwargs})  # Random access.
 
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
@@ -189,12 +190,10 @@ class ArtvEncoded(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str):
     dtype = np.dtype(self.builder_config.dtype)
-    ds = self._source.as_dataset(split=split, shuffle_files=False,
-                                 read_config=tfds.ReadConfig(add_tfds_id=True))
-    clips = tfds.as_numpy(ds)
+    clips = _clips_in_order(self._source, split)
     for clip, moments in encode_clips(clips, self._encoders.frames, self._batch_frames):
       caption = clip["caption"].decode()
-      source_id = clip["tfds_id"].decode()
+      source_id = clip["source_id"]
       prompts = [p.decode() for p in clip["prompts"]] if "prompts" in clip else [caption]
       yield source_id, {
           "moments": moments.astype(dtype),
@@ -204,6 +203,14 @@ class ArtvEncoded(tfds.core.GeneratorBasedBuilder):
           "caption": caption,
           "source_id": source_id,
       }
+
+
+def _clips_in_order(source: tfds.core.DatasetBuilder, split: str) -> Iterator[dict]:
+  """The clips of ``split`` in record order, frames as one array, ids "{split}[{index}]"."""
+  clips = source.as_data_source(split)
+  for index in range(len(clips)):
+    clip = clips[index]
+    yield {**clip, "frames": np.asarray(clip["frames"]), "source_id": f"{split}[{index}]"}
 
 
 def precompute(source: tfds.core.DatasetBuilder, sd: pretrained.StableDiffusion,
@@ -224,7 +231,7 @@ def precompute(source: tfds.core.DatasetBuilder, sd: pretrained.StableDiffusion,
   """
   if dtype not in DTYPES:
     raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
-  pretrained_dir = os.path.abspath(pretrained_dir) if pretrained_dir else ""
+  pretrained_dir = os.fspath(paths.resolve(pretrained_dir)) if pretrained_dir else ""
   if _encoded_dirs(out_dir):
     return _reuse(out_dir, source=source.info.full_name, pretrained=pretrained_dir, dtype=dtype)
   frames = source.info.features["frames"]
@@ -268,7 +275,7 @@ def load_encoded(out_dir: os.PathLike) -> tfds.core.DatasetBuilder:
 def _encoded_dirs(out_dir: os.PathLike) -> list[str]:
   """The prepared encoded data sets in ``out_dir`` (their version directories)."""
   pattern = f"{ArtvEncoded.name}/*/*/dataset_info.json"
-  return sorted(os.fspath(f.parent) for f in pathlib.Path(out_dir).glob(pattern))
+  return sorted(os.fspath(f.parent) for f in epath.Path(out_dir).glob(pattern))
 
 
 def _reuse(out_dir: os.PathLike, **wanted) -> tfds.core.DatasetBuilder:

@@ -4,7 +4,7 @@ Builds offline into any data_dir, with no download:
 
   builder = ArtvSyntheticShapes(data_dir=data_dir, config="32px")
   builder.download_and_prepare()
-  ds = builder.as_dataset(split="train")
+  clips = builder.as_data_source(split="train")  # Random access: clips[i].
 
 Splits: "train" (every colour/shape/motion triple except the held-out ones) and
 "heldout" (only `synthetic_shapes.HELDOUT_COMBINATIONS`). Clip `index` of a split is
@@ -83,6 +83,9 @@ class ArtvSyntheticShapes(tfds.core.GeneratorBasedBuilder):
                             description="16x16, 24 frames; large walled objects, fixed "
                                         "speed, gray; a turn every 3 to 8 frames."),
   ]
+
+  def __init__(self, **kwargs):
+    super().__init__(**{"file_format": "array_record", **kwargs})  # Random access.
 
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config

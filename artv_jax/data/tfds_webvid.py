@@ -1,16 +1,17 @@
-"""TFDS builder for WebVid-style captioned videos from local files.
+"""TFDS builder for WebVid-style captioned videos from files, local or in a bucket.
 
-The manual dir holds one CSV per split and the videos. A CSV whose name ends in
-`train.csv` makes the "train" split; one ending in `val.csv` or `validation.csv`
-makes "validation" (WebVid's own `results_2M_train.csv` / `results_2M_val.csv`
-qualify). Two CSV layouts are understood:
+The manual dir (a folder or a URI such as gs://bucket/webvid) holds one CSV per split and
+the videos. A CSV whose name ends in `train.csv` makes the "train" split; one ending in
+`val.csv` or `validation.csv` makes "validation" (WebVid's own `results_2M_train.csv` /
+`results_2M_val.csv` qualify). Two CSV layouts are understood:
 
   * WebVid's: columns `videoid,name,page_dir` (others ignored), the video at
     `{page_dir}/{videoid}.mp4` under the manual dir, `name` the caption;
-  * plain: columns `path,caption`, `path` relative to the manual dir or absolute.
+  * plain: columns `path,caption`, `path` relative to the manual dir, absolute, or a URI.
 
-Each video is decoded with ffmpeg, resampled to `fps`, centre-cropped and resized to
-the config's resolution, and stored as JPEG frames (at most `max_frames`).
+Each video is decoded with ffmpeg (from a local copy if remote), resampled to `fps`,
+centre-cropped and resized to the config's resolution, and stored as JPEG frames (at most
+`max_frames`).
 Videos that are missing, corrupt, or shorter than `min_frames` are skipped, never
 fatal: after each split the builder logs a summary, and the counts per reason are
 in `builder.info.metadata["skipped"][split]` (saved with the data set) and the
@@ -27,11 +28,14 @@ import csv
 import dataclasses
 import os
 from typing import Iterator
+import zlib
 
 from absl import logging
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from artv_jax import paths
 from artv_jax.data import video_io
 
 _SPLIT_SUFFIXES = {"train.csv": "train", "val.csv": "validation",
@@ -48,10 +52,14 @@ class WebvidConfig(tfds.core.BuilderConfig):
   fps: float | None = 8.0  # Resample to this rate; None keeps the source's frames.
   min_frames: int = 2  # Shorter videos are skipped: a training tuple needs two.
   decode_threads: int = 4  # Parallel ffmpeg processes.
+  # Part `part` of `num_parts`: the videos whose id hashes to it (so duplicates meet), built
+  # as a data set of its own; see `webvid_config`.
+  num_parts: int = 1
+  part: int = 0
 
 
 class ArtvWebvid(tfds.core.GeneratorBasedBuilder):
-  """Captioned videos from a WebVid-style CSV and local video files."""
+  """Captioned videos from a WebVid-style CSV and video files."""
 
   name = "artv_webvid"
   VERSION = tfds.core.Version("1.0.0")
@@ -68,7 +76,7 @@ class ArtvWebvid(tfds.core.GeneratorBasedBuilder):
   """
 
   def __init__(self, **kwargs):
-    super().__init__(**kwargs)
+    super().__init__(**{"file_format": "array_record", **kwargs})  # Random access.
     self.skipped_videos: dict[str, list[tuple[str, str]]] = {}
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -86,9 +94,10 @@ class ArtvWebvid(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual_dir = os.fspath(dl_manager.manual_dir)
+    manual_dir = epath.Path(dl_manager.manual_dir)
+    names = sorted(p.name for p in manual_dir.iterdir())
     csvs = {}
-    for name in sorted(os.listdir(manual_dir)):
+    for name in names:
       split = next((s for suffix, s in _SPLIT_SUFFIXES.items()
                     if name.endswith(suffix)), None)
       if split is None:
@@ -99,22 +108,23 @@ class ArtvWebvid(tfds.core.GeneratorBasedBuilder):
       csvs[split] = name
     if "train" not in csvs:
       raise FileNotFoundError(
-          f"no '*train.csv' in the manual dir {manual_dir} (found "
-          f"{sorted(os.listdir(manual_dir))}); {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    return {split: self._generate_examples(os.path.join(manual_dir, name), split)
+          f"no '*train.csv' in the manual dir {manual_dir} (found {names}); "
+          f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    return {split: self._generate_examples(manual_dir / name, split)
             for split, name in csvs.items()}
 
-  def _generate_examples(self, csv_path: str, split: str):
+  def _generate_examples(self, csv_path: paths.PathLike, split: str):
     c = self.builder_config
     total, skipped, seen = 0, [], set()
-    for (video_id, path, caption), decoded in _decode_in_order(
-        _read_rows(csv_path), self._read, c.decode_threads):
+    rows = (row for row in _read_rows(csv_path) if part_of(row[0], c.num_parts) == c.part)
+    for (video_id, path, caption), decoded in _decode_in_order(rows, self._read,
+                                                               c.decode_threads):
       total += 1
       if video_id in seen:
         skipped.append((path, "duplicate video id"))
       elif isinstance(decoded, video_io.VideoReadError):
         logging.info("%s", decoded)
-        skipped.append((path, "unreadable" if os.path.exists(path) else "missing"))
+        skipped.append((path, "unreadable" if epath.Path(path).exists() else "missing"))
       elif len(decoded[0]) < c.min_frames:
         skipped.append((path, "too short"))
       else:
@@ -123,6 +133,11 @@ class ArtvWebvid(tfds.core.GeneratorBasedBuilder):
                          "video_id": video_id, "fps": fps}
       seen.add(video_id)
     self._report_skipped(split, total, skipped)
+    if total == len(skipped):
+      part = f" (part {c.part} of {c.num_parts})" if c.num_parts > 1 else ""
+      raise ValueError(f"no usable video in {csv_path}{part}: {total} rows, skipped "
+                       f"{dict(collections.Counter(r for _, r in skipped))}; check the manual "
+                       "dir" + (", or build in fewer parts" if part else ""))
 
   def _read(self, path: str):
     c = self.builder_config
@@ -146,19 +161,37 @@ class ArtvWebvid(tfds.core.GeneratorBasedBuilder):
       logging.info("%s/%s: kept all %d videos", self.name, split, total)
 
 
-def _read_rows(csv_path: str) -> Iterator[tuple[str, str, str]]:
+def webvid_config(resolution: int, part: tuple[int, int] = (0, 1)) -> WebvidConfig:
+  """The config at square ``resolution`` and 8 fps; ``part`` (i, n): the i-th of n parts, which
+  n processes can build at once ("{resolution}px_8fps_part{i}of{n}")."""
+  i, n = part
+  if not 0 <= i < n:
+    raise ValueError(f"webvid part {i} of {n} does not exist")
+  suffix = f"_part{i}of{n}" if n > 1 else ""
+  return WebvidConfig(name=f"{resolution}px_8fps{suffix}", height=resolution, width=resolution,
+                      num_parts=n, part=i)
+
+
+def part_of(video_id: str, num_parts: int) -> int:
+  """The part a video belongs to: a hash of its id, the same on every host and run."""
+  return zlib.crc32(video_id.encode("utf-8")) % num_parts
+
+
+def _read_rows(csv_path: paths.PathLike) -> Iterator[tuple[str, str, str]]:
   """Yields (video id, video path, caption) for each row of a split CSV."""
-  root = os.path.dirname(csv_path)
-  with open(csv_path, newline="", encoding="utf-8") as f:
+  csv_path = epath.Path(csv_path)
+  root = csv_path.parent
+  with csv_path.open("r", encoding="utf-8") as f:  # Streamed: WebVid's CSVs are gigabytes.
     reader = csv.DictReader(f)
     columns = set(reader.fieldnames or ())
     if {"videoid", "name", "page_dir"} <= columns:
       for row in reader:
-        relative = os.path.join(row["page_dir"], f"{row['videoid']}.mp4")
-        yield row["videoid"], os.path.join(root, relative), row["name"]
+        relative = f"{row['page_dir']}/{row['videoid']}.mp4"
+        yield row["videoid"], os.fspath(root / relative), row["name"]
     elif {"path", "caption"} <= columns:
       for row in reader:
-        yield row["path"], os.path.join(root, row["path"]), row["caption"]
+        path = row["path"] if not paths.is_local(row["path"]) else os.fspath(root / row["path"])
+        yield row["path"], path, row["caption"]
     else:
       raise ValueError(
           f"{csv_path} has columns {sorted(columns)}; expected WebVid's "

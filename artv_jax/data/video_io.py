@@ -3,14 +3,18 @@
 `read_video` lets ffmpeg do the resampling in time, the centre crop and the resize
 in one pass, so a long high-resolution source never exists in memory at full size.
 Every way a file can fail to decode comes out as `VideoReadError`, which the data set
-builders catch to skip the video.
+builders catch to skip the video. Paths may be URIs (gs://...): ffmpeg reads a local copy
+and writes a local file that then lands at the path in one rename.
 """
 
 import logging
 import os
 
+from etils import epath
 import imageio_ffmpeg
 import numpy as np
+
+from artv_jax import paths
 
 
 class _DropResizeWarning(logging.Filter):
@@ -26,18 +30,19 @@ logging.getLogger("imageio_ffmpeg").addFilter(_DropResizeWarning())
 class VideoReadError(Exception):
   """A video file is missing, unreadable, corrupt or has no frames."""
 
-  def __init__(self, path: str, reason: str):
+  def __init__(self, path: paths.PathLike, reason: str):
+    path = os.fspath(path)
     super().__init__(f"cannot read video {path!r}: {reason}")
     self.path = path
     self.reason = reason
 
 
-def read_video(path: str, *, height: int, width: int, max_frames: int | None = None,
+def read_video(path: paths.PathLike, *, height: int, width: int, max_frames: int | None = None,
                fps: float | None = None) -> tuple[np.ndarray, float]:
   """Decodes a video, centre-cropped to the aspect of (height, width) and resized.
 
   Args:
-    path: a video file ffmpeg can decode (mp4, webm, avi, ...).
+    path: a video file ffmpeg can decode (mp4, webm, avi, ...), local or a URI.
     height, width: output frame size in pixels.
     max_frames: keep at most this many frames (from the start), if given.
     fps: resample to this frame rate (dropping or repeating frames), if given;
@@ -50,7 +55,7 @@ def read_video(path: str, *, height: int, width: int, max_frames: int | None = N
   Raises:
     VideoReadError: the file is missing or ffmpeg cannot decode a frame from it.
   """
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise VideoReadError(path, "no such file")
   filters = [] if fps is None else [f"fps={fps}"]
   # Largest centred window with the output's aspect ratio, then an area resize.
@@ -65,12 +70,13 @@ def read_video(path: str, *, height: int, width: int, max_frames: int | None = N
   frame_bytes = height * width * 3
   frames = []
   try:
-    reader = imageio_ffmpeg.read_frames(path, output_params=output_params)
-    metadata = next(reader)  # Raises if ffmpeg cannot open the file.
-    for frame in reader:
-      if len(frame) != frame_bytes:
-        raise VideoReadError(path, f"frame of {len(frame)} bytes, expected {frame_bytes}")
-      frames.append(np.frombuffer(frame, np.uint8).reshape(height, width, 3))
+    with paths.local_copy(path) as local:
+      reader = imageio_ffmpeg.read_frames(local, output_params=output_params)
+      metadata = next(reader)  # Raises if ffmpeg cannot open the file.
+      for frame in reader:
+        if len(frame) != frame_bytes:
+          raise VideoReadError(path, f"frame of {len(frame)} bytes, expected {frame_bytes}")
+        frames.append(np.frombuffer(frame, np.uint8).reshape(height, width, 3))
   except VideoReadError:
     raise
   except (OSError, RuntimeError, ValueError, StopIteration) as e:
@@ -80,8 +86,9 @@ def read_video(path: str, *, height: int, width: int, max_frames: int | None = N
   return np.stack(frames), float(metadata["fps"] if fps is None else fps)
 
 
-def write_video(path: str, frames: np.ndarray, fps: float = 8.0) -> None:
-  """Encodes frames [T, H, W, 3] uint8 (H and W even) as H.264 (e.g. an .mp4)."""
+def write_video(path: paths.PathLike, frames: np.ndarray, fps: float = 8.0) -> None:
+  """Encodes frames [T, H, W, 3] uint8 (H and W even) as H.264 (e.g. an .mp4); the file
+  appears at ``path`` only when complete."""
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
     raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} "
@@ -89,12 +96,13 @@ def write_video(path: str, frames: np.ndarray, fps: float = 8.0) -> None:
   height, width = frames.shape[1:3]
   if height % 2 or width % 2:
     raise ValueError(f"H.264 needs even frame sizes, got {height}x{width}; crop or pad")
-  writer = imageio_ffmpeg.write_frames(
-      path, (width, height), fps=fps, quality=8, macro_block_size=1,
-      ffmpeg_log_level="error")
-  writer.send(None)  # Starts ffmpeg.
-  try:
-    for frame in frames:
-      writer.send(np.ascontiguousarray(frame).tobytes())
-  finally:
-    writer.close()
+  with paths.atomic_output(path) as local:  # ffmpeg picks the container from the suffix
+    writer = imageio_ffmpeg.write_frames(
+        local, (width, height), fps=fps, quality=8, macro_block_size=1,
+        ffmpeg_log_level="error")
+    writer.send(None)  # Starts ffmpeg.
+    try:
+      for frame in frames:
+        writer.send(np.ascontiguousarray(frame).tobytes())
+    finally:
+      writer.close()

@@ -7,9 +7,12 @@ format: ``transformers.CLIPTokenizer`` then loads it like any SD tokenizer.
 """
 import collections
 import json
-import os
 import re
 from typing import Iterable
+
+from etils import epath
+
+from artv_jax import paths
 
 _START, _END = "<|startoftext|>", "<|endoftext|>"
 
@@ -39,12 +42,14 @@ def _learn_merges(words: set[str]) -> list[tuple[str, str]]:
       pieces[word] = merged
 
 
-def write_word_tokenizer(texts: Iterable[str], out_dir: str, max_length: int = 16) -> None:
+def write_word_tokenizer(texts: Iterable[str], out_dir: paths.PathLike,
+                         max_length: int = 16) -> None:
   """Writes a CLIP tokenizer (vocab.json, merges.txt, configs) covering the words of ``texts``.
 
   Args:
     texts: sentences whose lower-cased words must each be one token.
-    out_dir: folder to write; load it with ``CLIPTokenizer.from_pretrained(out_dir)``.
+    out_dir: folder to write (local or a URI); load a local one with
+      ``CLIPTokenizer.from_pretrained(out_dir)``.
     max_length: the tokenizer's model_max_length (text length the encoder sees, with the
       start and end tokens).
   """
@@ -55,12 +60,11 @@ def write_word_tokenizer(texts: Iterable[str], out_dir: str, max_length: int = 1
   symbols = letters + [c + "</w>" for c in letters] + ["".join(m) for m in merges]
   vocab = {s: i for i, s in enumerate(dict.fromkeys(symbols))}
   vocab[_START], vocab[_END] = len(vocab), len(vocab) + 1
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
-    json.dump(vocab, f)
-  with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
-    f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-  with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-    json.dump({"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length,
-               "bos_token": _START, "eos_token": _END, "unk_token": _END, "pad_token": _END},
-              f, indent=2)
+  out_dir = epath.Path(out_dir)
+  paths.write_atomic(out_dir / "vocab.json", json.dumps(vocab))
+  paths.write_atomic(out_dir / "merges.txt",
+                     "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+  paths.write_atomic(out_dir / "tokenizer_config.json", json.dumps(
+      {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length,
+       "bos_token": _START, "eos_token": _END, "unk_token": _END, "pad_token": _END},
+      indent=2))

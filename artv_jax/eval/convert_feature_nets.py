@@ -20,24 +20,26 @@ filled, or the tool lists what did not match and exits with status 2). Written l
   tokenizer/         CLIP only: the CLIP tokenizer
   conversion.json    the source and the source entries left out
 
-Load it with :func:`load_feature_net`; the metrics (``artv_jax.eval.fvd``,
-``artv_jax.eval.clip_score``) take what it returns.
+Every path may be a URI (gs://...). Load it with :func:`load_feature_net`; the metrics
+(``artv_jax.eval.fvd``, ``artv_jax.eval.clip_score``) take what it returns.
 """
 import argparse
 import dataclasses
 import json
 import os
-import pathlib
 import sys
+import tempfile
 from typing import Any, Mapping, Optional
 
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import transformers
 
-from artv_jax.checkpoints import orbax_io, sources
+from artv_jax import paths
+from artv_jax.checkpoints import orbax_io, pretrained, sources
 from artv_jax.checkpoints.rename import convert_state_dict
 from artv_jax.convert import check_destination, write_atomically
 from artv_jax.models.clip_vision import CLIPModel
@@ -130,8 +132,8 @@ def i3d_variables(state_dict: Mapping[str, np.ndarray],
                                             what="i3d batch statistics")}, sorted(left_out)
 
 
-def convert(kind: str, src: os.PathLike, dst: os.PathLike, *,
-            tokenizer: Optional[os.PathLike] = None, overwrite: bool = False) -> None:
+def convert(kind: str, src: paths.PathLike, dst: paths.PathLike, *,
+            tokenizer: Optional[paths.PathLike] = None, overwrite: bool = False) -> None:
   """Reads the PyTorch weights at ``src``, converts them and writes ``dst`` (layout above).
 
   Args:
@@ -146,9 +148,9 @@ def convert(kind: str, src: os.PathLike, dst: os.PathLike, *,
     ValueError (sources.SourceError, CheckpointMismatchError): the input cannot be converted;
       the message says why.
   """
-  dst = pathlib.Path(dst).absolute()
+  dst = paths.resolve(dst)
   check_destination(dst, overwrite)
-  src = pathlib.Path(src)
+  src = epath.Path(src)
   if not src.exists():
     raise sources.SourceError(f"--src {src} does not exist")
   if kind == "clip":
@@ -175,31 +177,33 @@ def convert(kind: str, src: os.PathLike, dst: os.PathLike, *,
     print(f"left out {len(left_out)} source entries that are not weights of the port: "
           f"{', '.join(left_out)}", flush=True)
 
-  def write(directory: pathlib.Path) -> None:
+  def write(directory: epath.Path) -> None:
     (directory / CONFIG_FILE).write_text(
         json.dumps({"kind": kind, "model": config}, indent=2, sort_keys=True) + "\n")
     (directory / CONVERSION_FILE).write_text(json.dumps(
-        {"source": str(src.absolute()), "left_out": left_out}, indent=2) + "\n")
+        {"source": os.fspath(paths.resolve(src)), "left_out": left_out}, indent=2) + "\n")
     if kind == "clip":
-      clip_tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+      with tempfile.TemporaryDirectory() as local:  # transformers writes local files only.
+        clip_tokenizer.save_pretrained(local)
+        paths.copy_tree(local, directory / TOKENIZER_DIR)
     orbax_io.save_params(directory / PARAMS_DIR, variables)
 
   write_atomically(dst, write)
   print(f"wrote {dst}", flush=True)
 
 
-def load_feature_net(directory: os.PathLike, **overrides) -> FeatureNet:
+def load_feature_net(directory: paths.PathLike, **overrides) -> FeatureNet:
   """Loads what :func:`convert` wrote.
 
   Args:
-    directory: the converted feature network (``--dst`` of the converter).
+    directory: the converted feature network (``--dst`` of the converter), local or a URI.
     **overrides: model fields to set, e.g. ``dtype=jnp.bfloat16``; ``param_dtype`` is also
       the dtype the (float32) variables are restored in.
 
   Raises:
     FileNotFoundError: if ``directory`` is not a converted feature network.
   """
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   if not (directory / CONFIG_FILE).is_file() or not (directory / PARAMS_DIR).is_dir():
     raise FileNotFoundError(
         f"{directory} is not a converted feature network (it needs {CONFIG_FILE} and "
@@ -210,12 +214,11 @@ def load_feature_net(directory: os.PathLike, **overrides) -> FeatureNet:
   variables = orbax_io.restore_params(directory / PARAMS_DIR, abstract_variables(model))
   tokenizer = None
   if spec["kind"] == "clip":
-    tokenizer = transformers.CLIPTokenizer.from_pretrained(
-        os.fspath(directory / TOKENIZER_DIR), local_files_only=True)
+    tokenizer = pretrained.load_tokenizer(directory / TOKENIZER_DIR)
   return FeatureNet(spec["kind"], model, variables, spec["model"], tokenizer)
 
 
-def _read_clip(src: pathlib.Path, tokenizer: Optional[os.PathLike]):
+def _read_clip(src: epath.Path, tokenizer: Optional[paths.PathLike]):
   """(config dict, state dict, tokenizer) of a transformers CLIPModel folder."""
   if not (src / "config.json").is_file():
     raise sources.SourceError(f"--src {src} is not a transformers CLIP folder (no "
@@ -223,10 +226,9 @@ def _read_clip(src: pathlib.Path, tokenizer: Optional[os.PathLike]):
                               f"openai/clip-vit-large-patch14")
   config = json.loads((src / "config.json").read_text())
   CLIPModel.from_config(config)  # Rejects a wrong config before the weights are read.
-  tokenizer_dir = pathlib.Path(tokenizer) if tokenizer is not None else src
+  tokenizer_dir = epath.Path(tokenizer) if tokenizer is not None else src
   try:
-    clip_tokenizer = transformers.CLIPTokenizer.from_pretrained(os.fspath(tokenizer_dir),
-                                                                local_files_only=True)
+    clip_tokenizer = pretrained.load_tokenizer(tokenizer_dir)
   except (OSError, ValueError, TypeError) as e:
     raise sources.SourceError(f"no CLIP tokenizer in {tokenizer_dir} ({e}); pass --tokenizer "
                               f"with a folder holding vocab.json and merges.txt") from None
@@ -236,7 +238,7 @@ def _read_clip(src: pathlib.Path, tokenizer: Optional[os.PathLike]):
   return config, state_dict, clip_tokenizer
 
 
-def _i3d_config(src: pathlib.Path, state_dict: Mapping[str, np.ndarray]) -> dict:
+def _i3d_config(src: epath.Path, state_dict: Mapping[str, np.ndarray]) -> dict:
   """The I3D fields read off the weight shapes."""
   needed = ("Conv3d_1a_7x7.conv3d.weight", "logits.conv3d.weight")
   missing = [k for k in needed if k not in state_dict]

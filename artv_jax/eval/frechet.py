@@ -16,9 +16,12 @@ update, so streaming over batches gives the batch statistics without forming
 ``E[x x^T] - mu mu^T``, which cancels catastrophically for large means.
 """
 import dataclasses
-import os
+import io
 
+from etils import epath
 import numpy as np
+
+from artv_jax import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +78,16 @@ class FeatureStats:
       raise ValueError(f"a covariance needs at least 2 feature vectors, got {self.count}")
     return self.scatter / (self.count - 1)
 
-  def save(self, path: os.PathLike) -> None:
-    """Writes the statistics to an ``.npz`` file, e.g. to reuse a reference set's."""
-    np.savez(path, count=self.count, mean=self.mean, scatter=self.scatter)
+  def save(self, path: paths.PathLike) -> None:
+    """Writes the statistics to an ``.npz`` file (local or a URI), e.g. to reuse a reference
+    set's."""
+    npz = io.BytesIO()
+    np.savez(npz, count=self.count, mean=self.mean, scatter=self.scatter)
+    paths.write_atomic(path, npz.getvalue())
 
   @classmethod
-  def load(cls, path: os.PathLike) -> "FeatureStats":
-    with np.load(path) as data:
+  def load(cls, path: paths.PathLike) -> "FeatureStats":
+    with np.load(io.BytesIO(epath.Path(path).read_bytes())) as data:
       return cls(int(data["count"]), data["mean"], data["scatter"])
 
 

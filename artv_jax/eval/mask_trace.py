@@ -10,6 +10,7 @@ A model that learned the method opens M over the object's old and new places and
 shut on the static background; a mask that stays shut at the high-noise steps, where the
 object's place is decided, means the network copies the reference there, whatever the prompt.
 """
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from artv_jax import sampling, video_writer
+from artv_jax import paths, sampling, video_writer
 from artv_jax.diffusion.schedule import Schedule
 from artv_jax.eval import report
 from artv_jax.models.artv import ARTV
@@ -60,13 +61,13 @@ def mask_trace(model: ARTV, params: Any, schedule: Schedule,
 
 
 def write_mask_plots(trace: MaskTrace, reference: np.ndarray, generated: np.ndarray,
-                     prefix: str, title: str = "") -> dict[str, str]:
+                     prefix: paths.PathLike, title: str = "") -> dict[str, str]:
   """Writes ``prefix``_steps.png (reference, M per step, generated) and ``prefix``_mean.png.
 
   Args:
     trace: from :func:`mask_trace`.
     reference, generated: [H, W, 3] uint8 frames (decoded); masks are resized to their size.
-    prefix: path without extension.
+    prefix: path without extension, local or a URI.
   """
   height, width = reference.shape[:2]
 
@@ -82,10 +83,12 @@ def write_mask_plots(trace: MaskTrace, reference: np.ndarray, generated: np.ndar
   row = np.full((width * _TILE, len(tiles) * (side + _GAP) - _GAP, 3), 255, np.uint8)
   for i, image in enumerate(tiles):
     row[:, i * (side + _GAP):i * (side + _GAP) + side] = image
-  paths = {"steps": prefix + "_steps.png", "mean": prefix + "_mean.png"}
-  Image.fromarray(row).save(paths["steps"])
-  report.line_plot(paths["mean"], {"mean M": trace.masks.mean(axis=(1, 2))},
+  prefix = os.fspath(prefix)
+  files = {"steps": prefix + "_steps.png", "mean": prefix + "_mean.png"}
+  with paths.atomic_output(files["steps"]) as local:
+    Image.fromarray(row).save(local)
+  report.line_plot(files["mean"], {"mean M": trace.masks.mean(axis=(1, 2))},
                    title=title or "mask per denoising step",
                    xlabel=f"step (t = {trace.timesteps[0]} ... {trace.timesteps[-1]})",
                    ylabel="mean M")
-  return paths
+  return files

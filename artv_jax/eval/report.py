@@ -4,10 +4,11 @@
 ``{'metrics': {name: float}, 'curves': {name: [T] array}, ...}`` (standard metrics such as FVD
 are more entries of 'metrics'), and writes
 
-    <name>.md          one row per model, one column per metric
+    <name>.md          one row per model, one column per metric, then the notes
     <name>.json        the same numbers and the curves (NaN as null)
     <name>_<curve>.png one line per model over the frame index, e.g. results_drift_color.png
 
+into a folder that may be a URI (gs://...), each file through a temporary name and a rename.
 Plots are drawn with Pillow (already needed by imageio), not matplotlib, which the project
 does not otherwise depend on.
 """
@@ -17,8 +18,11 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
+from etils import epath
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from artv_jax import paths
 
 # Tableau's ten categorical colours: distinguishable, and the usual order in plots.
 LINE_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -77,7 +81,7 @@ def _ticks(low: float, high: float, max_ticks: int = 6) -> np.ndarray:
   return np.arange(math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9) + 1) * step
 
 
-def line_plot(path: str, series: Mapping[str, np.ndarray], *, title: str = "",
+def line_plot(path: paths.PathLike, series: Mapping[str, np.ndarray], *, title: str = "",
               xlabel: str = "frame", ylabel: str = "",
               size: tuple[int, int] = (640, 400)) -> None:
   """Writes a PNG line plot: one line per entry of `series` {label: [T] y values, x = the
@@ -127,29 +131,31 @@ def line_plot(path: str, series: Mapping[str, np.ndarray], *, title: str = "",
   draw.text((width / 2, top / 2), title, fill=_INK, font=font, anchor="mm")
   draw.text(((box[0] + box[2]) / 2, height - 12), xlabel, fill=_INK, font=font, anchor="mm")
   draw.text((6, top / 2), ylabel, fill=_INK, font=font, anchor="lm")
-  image.save(path)
+  with paths.atomic_output(path) as local:
+    image.save(local)
 
 
-def write_report(workdir: str, results: Mapping[str, Mapping[str, Any]], *,
+def write_report(workdir: paths.PathLike, results: Mapping[str, Mapping[str, Any]], *,
                  name: str = "results", columns: Sequence[str] | None = None,
-                 title: str = "") -> dict[str, str]:
-  """Writes the table, its JSON and one plot per curve for `results` {model: result}.
+                 title: str = "", notes: Sequence[str] = ()) -> dict[str, str]:
+  """Writes the table, its JSON and one plot per curve for `results` {model: result}; `notes`
+  become a list under the table.
 
   Returns:
     {'markdown': path, 'json': path, <curve name>: png path, ...}.
   """
-  os.makedirs(workdir, exist_ok=True)
-  paths = {"markdown": os.path.join(workdir, f"{name}.md"),
-           "json": os.path.join(workdir, f"{name}.json")}
-  with open(paths["markdown"], "w", encoding="utf-8") as f:
-    f.write((f"# {title}\n\n" if title else "") + markdown_table(results, columns))
-  with open(paths["json"], "w", encoding="utf-8") as f:
-    json.dump(_jsonable(results), f, indent=1)
+  workdir = epath.Path(workdir)
+  files = {"markdown": workdir / f"{name}.md", "json": workdir / f"{name}.json"}
+  markdown = (f"# {title}\n\n" if title else "") + markdown_table(results, columns)
+  if notes:
+    markdown += "\n" + "".join(f"- {note}\n" for note in notes)
+  paths.write_atomic(files["markdown"], markdown)
+  paths.write_atomic(files["json"], json.dumps(_jsonable(results), indent=1))
   curve_names = dict.fromkeys(c for r in results.values() for c in r.get("curves", {}))
   for curve in curve_names:
-    paths[curve] = os.path.join(workdir, f"{name}_{curve.replace('/', '_')}.png")
-    line_plot(paths[curve],
+    files[curve] = workdir / f"{name}_{curve.replace('/', '_')}.png"
+    line_plot(files[curve],
               {model: r["curves"][curve] for model, r in results.items()
                if curve in r.get("curves", {})},
               title=f"{curve} vs. frame 0", ylabel=curve)
-  return paths
+  return {key: os.fspath(path) for key, path in files.items()}

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from artv_jax import kernels
 from artv_jax.models.conv import Conv2D
-from artv_jax.models.dense import Dense
 from artv_jax.models.embeddings import timestep_features
 from artv_jax.models.unet import UNet2DConditionModel
 
@@ -149,12 +149,14 @@ class ARTV(nn.Module):
 
   def _time_embedding_mlp(self, x: jax.Array, name: str) -> jax.Array:
     """[B, F] -> [B, time_embed_dim]: Dense, SiLU, Dense with a zero kernel (a no-op at
-    start). Called from ``__call__``, so its layers ``{name}_linear_{1,2}`` belong to ART·V."""
+    start). Called from ``__call__``, so its layers ``{name}_linear_{1,2}`` belong to ART·V;
+    they take the UNet's dense lowering."""
     unet = self.unet
-    kw = dict(dtype=unet.dtype, param_dtype=unet.param_dtype)
-    h = nn.silu(Dense(unet.time_embed_dim, name=f"{name}_linear_1", **kw)(x))
-    return Dense(unet.time_embed_dim, kernel_init=nn.initializers.zeros,
-                 name=f"{name}_linear_2", **kw)(h)
+    kw = dict(dot_general=kernels.dense_dot_general(unet.dense), dtype=unet.dtype,
+              param_dtype=unet.param_dtype)
+    h = nn.silu(nn.Dense(unet.time_embed_dim, name=f"{name}_linear_1", **kw)(x))
+    return nn.Dense(unet.time_embed_dim, kernel_init=nn.initializers.zeros,
+                    name=f"{name}_linear_2", **kw)(h)
 
   @property
   def cond_channels(self) -> int:

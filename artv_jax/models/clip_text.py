@@ -26,8 +26,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from artv_jax.models.dense import Dense
-
 Dtype = Any
 
 
@@ -89,7 +87,7 @@ class CLIPAttention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f"hidden_size={width} is not divisible by "
                        f"num_attention_heads={self.num_heads}")
-    dense = functools.partial(Dense, width, dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = functools.partial(nn.Dense, width, dtype=self.dtype, param_dtype=self.param_dtype)
     heads = (batch, length, self.num_heads, width // self.num_heads)
     q = dense(name="q_proj")(x).reshape(heads)  # [B, L, heads, head_dim]
     k = dense(name="k_proj")(x).reshape(heads)
@@ -109,7 +107,7 @@ class CLIPMLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, L, D] -> [B, L, D]."""
-    dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     h = activation(self.hidden_act)(dense(self.intermediate_size, name="fc1")(x))
     return dense(x.shape[-1], name="fc2")(h)
 

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from artv_jax.models.clip_text import CLIPEncoder, CLIPTextModel, activation
-from artv_jax.models.dense import Dense
 
 Dtype = Any
 # transformers' configs before its PR #24773 carry eos_token_id=2; the end-of-text token is then
@@ -143,8 +142,8 @@ class CLIPVisionModelWithProjection(nn.Module):
   @nn.compact
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
     _, pooled = self.vision_model(pixel_values)
-    return Dense(self.projection_dim, use_bias=False, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name="visual_projection")(pooled)
+    return nn.Dense(self.projection_dim, use_bias=False, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="visual_projection")(pooled)
 
 
 class CLIPModel(nn.Module):
@@ -190,7 +189,7 @@ class CLIPModel(nn.Module):
                text_config.get("eos_token_id", cls.eos_token_id), **overrides)
 
   def setup(self):
-    dense = functools.partial(Dense, self.projection_dim, use_bias=False, dtype=self.dtype,
+    dense = functools.partial(nn.Dense, self.projection_dim, use_bias=False, dtype=self.dtype,
                               param_dtype=self.param_dtype)
     self.visual_projection = dense()
     self.text_projection = dense()

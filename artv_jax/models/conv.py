@@ -1,13 +1,9 @@
 """The 2-D convolution every network here is built from.
 
-One module so that the convolution lowering is chosen in one place. Every backend uses the
-native ``lax.conv_general_dilated`` by default: cuDNN and the TPU compiler lower it best, and
-since jaxlib 0.10 XLA:CPU hands it to YNNPACK, which runs forward, input-gradient and
-weight-gradient convolutions of SD UNet shapes at the speed of its matmuls (as fast as
-PyTorch's oneDNN on the same CPU). The im2col lowering (patches @ kernel, one matmul) is an
-option for XLA builds whose convolutions lag their matmuls; with jaxlib 0.10 it made the SD
-UNet training step on CPU 25% slower (the patch copies and their col2im gradient cost more
-than they save), so it is off by default.
+Every backend uses the native ``lax.conv_general_dilated``: cuDNN and the TPU compiler lower
+it best, and since jaxlib 0.10 XLA:CPU hands it to YNNPACK, which runs forward, input-gradient
+and weight-gradient convolutions of SD UNet shapes at the speed of its matmuls.
+(``benchmarks/unet_vs_diffusers.py --im2col`` compares the im2col + matmul lowering.)
 """
 from typing import Callable, Sequence, Union
 
@@ -18,32 +14,16 @@ import jax.numpy as jnp
 Padding = Union[int, Sequence[tuple[int, int]]]
 
 
-def _explicit(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
+def explicit_padding(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
+  """``padding`` as ``((top, bottom), (left, right))``."""
   if isinstance(padding, int):
     return (padding, padding), (padding, padding)
   (top, bottom), (left, right) = padding
   return (top, bottom), (left, right)
 
 
-def im2col_patches(x: jax.Array, kernel_size: int, strides: int,
-                   padding: Padding) -> jax.Array:
-  """The kernel-sized windows of x, side by side in the channels.
-
-  x: [B, H, W, C] -> [B, H', W', kernel_size**2 * C], channel index (i * kernel_size + j) * C
-  + c for window offset (i, j): the order of a HWIO kernel reshaped to [k*k*C, C_out].
-  """
-  (top, bottom), (left, right) = _explicit(padding)
-  x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  _, height, width, _ = x.shape
-  out_h = (height - kernel_size) // strides + 1
-  out_w = (width - kernel_size) // strides + 1
-  windows = [x[:, i:i + strides * (out_h - 1) + 1:strides, j:j + strides * (out_w - 1) + 1:strides]
-             for i in range(kernel_size) for j in range(kernel_size)]
-  return windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
-
-
-def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padding = 0,
-           im2col: bool = False) -> jax.Array:
+def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1,
+           padding: Padding = 0) -> jax.Array:
   """Square-kernel NHWC convolution (cross-correlation, like ``torch.nn.functional.conv2d``).
 
   Args:
@@ -51,22 +31,16 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padding =
     kernel: [k, k, C_in, C_out] (HWIO).
     strides: the same stride along H and W.
     padding: zeros added on each side, or ``((top, bottom), (left, right))``.
-    im2col: lower as ``im2col_patches(x) @ kernel`` instead of ``lax.conv_general_dilated``
-      (same result up to float rounding, gradients included).
 
   Returns:
     [B, H', W', C_out], H' = (H + top + bottom - k) // strides + 1, likewise W'.
   """
-  k = kernel.shape[0]
-  if kernel.shape[1] != k:
+  if kernel.shape[1] != kernel.shape[0]:
     raise ValueError(f"kernel has shape {kernel.shape}; conv2d takes square [k, k, C_in, "
                      f"C_out] (HWIO) kernels")
-  if not im2col:
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(strides, strides), padding=_explicit(padding),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  patches = im2col_patches(x, k, strides, padding)
-  return patches @ kernel.reshape(-1, kernel.shape[-1])
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(strides, strides), padding=explicit_padding(padding),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class Conv2D(nn.Module):
@@ -78,7 +52,6 @@ class Conv2D(nn.Module):
     strides: square stride.
     padding: symmetric padding per side, or explicit ``((top, bottom), (left, right))``.
     kernel_init: initialiser of the [k, k, C_in, features] kernel.
-    im2col: lower as im2col + matmul (see :func:`conv2d`); the parameters are the same.
   """
   features: int
   kernel_size: int = 3
@@ -86,7 +59,6 @@ class Conv2D(nn.Module):
   padding: Padding = 0
   use_bias: bool = True
   kernel_init: Callable = nn.initializers.lecun_normal()
-  im2col: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -97,7 +69,7 @@ class Conv2D(nn.Module):
     kernel = self.param("kernel", self.kernel_init,
                         (k, k, x.shape[-1], self.features), self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = conv2d(x, kernel, self.strides, self.padding, self.im2col)
+    y = conv2d(x, kernel, self.strides, self.padding)
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)

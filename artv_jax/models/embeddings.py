@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from artv_jax.models.dense import Dense
+from artv_jax import kernels
 
 
 def timestep_features(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool,
@@ -35,11 +35,12 @@ def timestep_features(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool,
 class TimestepEmbedding(nn.Module):
   """linear_1 -> SiLU -> linear_2: [B, C_in] -> [B, features]."""
   features: int
+  dense: str = "auto"  # lowering of the linear layers ('auto', 'xla', 'cpu'; kernels.dense)
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    dense = lambda name: Dense(self.features, dtype=self.dtype,
-                               param_dtype=self.param_dtype, name=name)
+    dense = lambda name: nn.Dense(self.features, dot_general=kernels.dense_dot_general(self.dense),
+                                  dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     return dense("linear_2")(nn.silu(dense("linear_1")(x)))

@@ -5,8 +5,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from artv_jax import kernels
 from artv_jax.models.conv import Conv2D
-from artv_jax.models.dense import Dense
 
 
 class ResnetBlock2D(nn.Module):
@@ -18,6 +18,7 @@ class ResnetBlock2D(nn.Module):
   groups: int = 32
   eps: float = 1e-5
   dropout: float = 0.0
+  dense: str = "auto"  # lowering of time_emb_proj ('auto', 'xla', 'cpu'; kernels.dense)
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -29,7 +30,9 @@ class ResnetBlock2D(nn.Module):
                                      name=name, **kw)
     h = Conv2D(self.out_channels, 3, padding=1, name="conv1", **kw)(nn.silu(norm("norm1")(x)))
     if temb is not None:
-      h = h + Dense(self.out_channels, name="time_emb_proj", **kw)(nn.silu(temb))[:, None, None]
+      time_emb_proj = nn.Dense(self.out_channels, name="time_emb_proj",
+                               dot_general=kernels.dense_dot_general(self.dense), **kw)
+      h = h + time_emb_proj(nn.silu(temb))[:, None, None]
     h = nn.silu(norm("norm2")(h))
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = Conv2D(self.out_channels, 3, padding=1, name="conv2", **kw)(h)

@@ -130,7 +130,8 @@ class UNet2DConditionModel(nn.Module):
       which values inside a block are kept rather than recomputed (e.g.
       'dots_with_no_batch_dims_saveable'); empty keeps only the blocks' inputs.
     attention: lowering of every attention core ('auto', 'xla', 'cudnn', 'cpu_blocked';
-      :mod:`artv_jax.models.sdpa`).
+      :mod:`artv_jax.kernels.attention`).
+    dense: lowering of every linear layer ('auto', 'xla', 'cpu'; :mod:`artv_jax.kernels.dense`).
     dtype: compute dtype (e.g. ``jnp.bfloat16``); the output is always float32.
     param_dtype: dtype of the parameters.
   """
@@ -159,6 +160,7 @@ class UNet2DConditionModel(nn.Module):
   remat: bool = False
   remat_policy: str = ""
   attention: str = "auto"
+  dense: str = "auto"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -301,12 +303,13 @@ class UNet2DConditionModel(nn.Module):
     block_kw = dict(use_linear_projection=self.use_linear_projection,
                     upcast_attention=self.upcast_attention, norm_groups=self.norm_num_groups,
                     norm_eps=self.norm_eps, dropout=self.dropout, attention=self.attention,
-                    **kw)
+                    dense=self.dense, **kw)
 
     timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (batch,))
     features = timestep_features(timesteps, self.block_out_channels[0],
                                  flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift)
-    temb = TimestepEmbedding(self.time_embed_dim, name="time_embedding", **kw)(features)
+    temb = TimestepEmbedding(self.time_embed_dim, dense=self.dense, name="time_embedding",
+                             **kw)(features)
     if added_time_embedding is not None:
       if added_time_embedding.shape != temb.shape:
         raise ValueError(f"added_time_embedding has shape {added_time_embedding.shape}, "

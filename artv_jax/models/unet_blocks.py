@@ -40,6 +40,7 @@ class _UNetBlock(nn.Module):
     norm_groups, norm_eps: GroupNorm of the resnets (the transformers use eps 1e-6).
     dropout: dropout rate of the resnets (diffusers gives the transformers none).
     attention: lowering of the transformers' attention core (Attention.implementation).
+    dense: lowering of every linear layer inside (Attention.dense).
   """
   out_channels: int
   num_layers: int = 1
@@ -51,13 +52,14 @@ class _UNetBlock(nn.Module):
   norm_eps: float = 1e-5
   dropout: float = 0.0
   attention: str = "auto"
+  dense: str = "auto"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   def _resnet(self, i: int, x: jax.Array, temb: jax.Array, deterministic: bool) -> jax.Array:
     return ResnetBlock2D(self.out_channels, groups=self.norm_groups, eps=self.norm_eps,
-                         dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype,
-                         name=f"resnets_{i}")(x, temb, deterministic)
+                         dropout=self.dropout, dense=self.dense, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name=f"resnets_{i}")(x, temb, deterministic)
 
   def _attend(self, i: int, x: jax.Array, context: jax.Array,
               deterministic: bool) -> jax.Array:
@@ -66,8 +68,8 @@ class _UNetBlock(nn.Module):
         heads=heads, dim_head=self.out_channels // heads, num_layers=self.transformer_layers,
         use_linear_projection=self.use_linear_projection,
         upcast_attention=self.upcast_attention, norm_groups=self.norm_groups,
-        attention=self.attention, dtype=self.dtype, param_dtype=self.param_dtype,
-        name=f"attentions_{i}")(x, context, deterministic)
+        attention=self.attention, dense=self.dense, dtype=self.dtype,
+        param_dtype=self.param_dtype, name=f"attentions_{i}")(x, context, deterministic)
 
 
 class DownBlock(_UNetBlock):

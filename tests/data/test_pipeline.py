@@ -1,4 +1,4 @@
-"""Tests of the tf.data training pipeline: pairing, sharding, resumption."""
+"""Tests of the Grain training pipeline: pairing, sharding, resumption, checkpoint size."""
 
 import itertools
 import os
@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from artv_jax.data import pipeline
 from artv_jax.data import tfds_synthetic
+from tests.data import records
 from tests.data import test_tfds_webvid
 
 K = 2  # Reference frames: pairing is checked for more than one.
@@ -38,15 +39,14 @@ def webvid(tmp_path_factory):
 
 def _iterator(builder, **overrides):
   kwargs = dict(global_batch_size=6, num_reference_frames=K, min_stride=1,
-                max_stride=4, shuffle_buffer_size=8, seed=0, process_index=0,
+                max_stride=4, seed=0, process_index=0,
                 process_count=1)
   return pipeline.make_train_iterator(builder, **{**kwargs, **overrides})
 
 
 def _clips(builder, split="train"):
-  """{TFDS id: example} of a whole split, decoded."""
-  ds = builder.as_dataset(split=split, read_config=tfds.ReadConfig(add_tfds_id=True))
-  return {ex["tfds_id"]: ex for ex in tfds.as_numpy(ds)}
+  """{record index: example} of a whole split, decoded."""
+  return dict(enumerate(records.decoded(builder, split)))
 
 
 def _scaled(frames):
@@ -59,7 +59,7 @@ def test_batch_shapes_and_range(synthetic):
   assert batch["refs"].shape == (6, K, 16, 16, 3)
   assert batch["anchor"].shape == (6, 16, 16, 3)
   assert batch["ref_indices"].shape == (6, K)
-  for key in ("caption", "stride", "target_index", "anchor_index", "clip_id"):
+  for key in ("caption", "stride", "target_index", "anchor_index", "clip_index"):
     assert batch[key].shape == (6,)
   for key in ("target", "refs", "anchor"):
     assert batch[key].dtype == np.float32
@@ -67,8 +67,8 @@ def test_batch_shapes_and_range(synthetic):
 
 
 def _check_pairing(batch, clips, min_stride, max_stride):
-  for i in range(len(batch["clip_id"])):
-    clip = clips[batch["clip_id"][i]]
+  for i in range(len(batch["clip_index"])):
+    clip = clips[batch["clip_index"][i]]
     frames = clip["frames"]
     stride, target = batch["stride"][i], batch["target_index"][i]
     anchor = batch["anchor_index"][i]
@@ -105,8 +105,8 @@ def test_target_follows_reference_on_the_ground_truth_trajectory(synthetic):
   """The object moved from reference to target by velocity x stride."""
   clips = _clips(synthetic)
   batch = next(_iterator(synthetic))
-  for i, clip_id in enumerate(batch["clip_id"]):
-    clip = clips[clip_id]
+  for i, clip_index in enumerate(batch["clip_index"]):
+    clip = clips[clip_index]
     motion = synthetic.info.features["motion"].int2str(clip["motion"])
     if motion == "bounce" or len(clip["prompts"]) > 1:  # Bounces and turns bend the line.
       continue
@@ -121,9 +121,9 @@ def test_caption_is_the_prompt_of_the_target_s_segment(synthetic):
   clips = _clips(synthetic)
   turned = 0
   for batch in itertools.islice(_iterator(synthetic), 4):
-    for clip_id, caption, target in zip(batch["clip_id"], batch["caption"],
+    for clip_index, caption, target in zip(batch["clip_index"], batch["caption"],
                                         batch["target_index"]):
-      clip = clips[clip_id]
+      clip = clips[clip_index]
       assert caption == _target_caption(clip, target)
       turned += target >= clip["prompt_starts"][-1] > 0
   assert turned  # Some targets lie after a turn.
@@ -131,15 +131,15 @@ def test_caption_is_the_prompt_of_the_target_s_segment(synthetic):
 
 def test_video_feature_clips_are_paired_and_short_clips_dropped(webvid):
   clips = _clips(webvid)
-  lengths = {clip_id: len(clip["frames"]) for clip_id, clip in clips.items()}
+  lengths = {clip_index: len(clip["frames"]) for clip_index, clip in clips.items()}
   # K * min_stride + 1 = 7 frames needed: the 6-frame video never appears.
   iterator = _iterator(webvid, min_stride=3, max_stride=4, global_batch_size=4)
   seen = set()
   for _ in range(4):
     batch = next(iterator)
     _check_pairing(batch, clips, 3, 4)
-    seen.update(batch["clip_id"].tolist())
-  assert seen == {clip_id for clip_id, n in lengths.items() if n >= 7}
+    seen.update(batch["clip_index"].tolist())
+  assert seen == {clip_index for clip_index, n in lengths.items() if n >= 7}
 
 
 def test_hosts_read_disjoint_shards_covering_the_split(synthetic):
@@ -151,7 +151,7 @@ def test_hosts_read_disjoint_shards_covering_the_split(synthetic):
     for _ in range(3):  # A whole epoch of the 12-clip shard.
       batch = next(iterator)
       assert batch["target"].shape[0] == 4  # global_batch_size // process_count
-      ids.update(batch["clip_id"].tolist())
+      ids.update(batch["clip_index"].tolist())
     seen.append(ids)
   assert not seen[0] & seen[1]
   assert seen[0] | seen[1] == set(_clips(synthetic))
@@ -171,45 +171,59 @@ def test_same_seed_same_batches_other_seed_other_batches(synthetic):
   assert not np.array_equal(other["target"], expected[0]["target"])
 
 
-def test_restored_iterator_yields_the_same_batches(synthetic, tmp_path):
-  iterator = _iterator(synthetic)
-  for _ in range(5):  # Past the first epoch of 24 clips.
-    next(iterator)
-  iterator.save(os.fspath(tmp_path / "position"))
-  expected = [next(iterator) for _ in range(4)]
-  restored = _iterator(synthetic)
-  restored.restore(os.fspath(tmp_path / "position"))
-  _assert_same_batches(expected, restored)
+@pytest.mark.parametrize("worker_count", [0, 2])
+@pytest.mark.parametrize("builder", ["synthetic", "webvid"])
+def test_resumed_iterator_yields_the_batches_of_an_uninterrupted_one(builder, worker_count,
+                                                                     request):
+  builder = request.getfixturevalue(builder)
+  uninterrupted = _iterator(builder, global_batch_size=4, worker_count=worker_count)
+  for _ in range(7):  # Past the first epoch.
+    next(uninterrupted)
+  position = uninterrupted.get_state()
+  expected = [next(uninterrupted) for _ in range(4)]
+  resumed = _iterator(builder, global_batch_size=4, worker_count=worker_count)
+  resumed.set_state(position)
+  _assert_same_batches(expected, resumed)
 
 
-def test_orbax_checkpoint_manager_saves_the_position(synthetic, tmp_path):
-  iterator = _iterator(synthetic)
+def test_position_of_a_10000_clip_split_checkpoints_in_a_few_bytes(tmp_path):
+  """The checkpoint holds the sampler's position, not a shuffle buffer: its size does not
+  grow with the data set, every epoch being a permutation of all 10,000 clips."""
+  config = tfds_synthetic.SyntheticShapesConfig(
+      name="many", height=8, width=8, num_frames=4, num_train=10_000, num_heldout=1)
+  many = tfds_synthetic.ArtvSyntheticShapes(data_dir=tmp_path / "tfds", config=config)
+  many.download_and_prepare()
+  iterator = _iterator(many, num_reference_frames=1)
   next(iterator)
   state = {"params": jnp.arange(3.0)}
   options = ocp.CheckpointManagerOptions(enable_async_checkpointing=True)
   with ocp.CheckpointManager(tmp_path / "checkpoints", options=options) as manager:
-    manager.save(1, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=pipeline.TrainIteratorSave(iterator)))
+    manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            data=pipeline.save_args(iterator)))
     expected = [next(iterator) for _ in range(3)]  # While the save may still run.
     manager.wait_until_finished()
-    restored = _iterator(synthetic)
+    restored = _iterator(many, num_reference_frames=1)
     result = manager.restore(1, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state),
-        data=pipeline.TrainIteratorRestore(restored)))
+        state=ocp.args.StandardRestore(state), data=pipeline.restore_args(restored)))
   np.testing.assert_array_equal(result.state["params"], state["params"])
   _assert_same_batches(expected, restored)
-
-
-def test_restore_without_saved_position_names_the_path(synthetic, tmp_path):
-  with pytest.raises(FileNotFoundError, match="no data iterator state"):
-    _iterator(synthetic).restore(os.fspath(tmp_path / "nothing"))
+  data_files = list((tmp_path / "checkpoints" / "1" / "data").rglob("*"))
+  assert 0 < sum(f.stat().st_size for f in data_files if f.is_file()) < 1_000_000
 
 
 def test_heldout_split_yields_only_heldout_clips(synthetic):
-  heldout_ids = set(_clips(synthetic, "heldout"))
   batch = next(_iterator(synthetic, split="heldout", global_batch_size=4))
-  assert set(batch["clip_id"].tolist()) <= heldout_ids
+  _check_pairing(batch, _clips(synthetic, "heldout"), 1, 4)
+
+
+def test_a_tfrecord_data_set_is_named_with_the_way_to_convert_it(tmp_path):
+  config = tfds_synthetic.SyntheticShapesConfig(
+      name="old", height=8, width=8, num_frames=4, num_train=2, num_heldout=1)
+  old = tfds_synthetic.ArtvSyntheticShapes(data_dir=tmp_path, config=config,
+                                           file_format="tfrecord")
+  old.download_and_prepare()
+  with pytest.raises(ValueError, match="stored as tfrecord.*convert_format"):
+    _iterator(old)
 
 
 def test_global_batch_must_divide_among_processes(synthetic):
@@ -230,3 +244,23 @@ def test_make_builder_rejects_an_unknown_variant(tmp_path):
                           variant="huge")
   with pytest.raises(ValueError, match="only for synthetic_shapes"):
     pipeline.make_builder("webvid", os.fspath(tmp_path), resolution=8, variant="demo")
+
+
+def test_webvid_built_in_parts_is_read_as_one_data_set(tmp_path):
+  """Each part holds the videos whose id hashes to it (a repeated id meets its first in the
+  same part); the iterator over all parts sees every video once per epoch."""
+  manual_dir = os.fspath(tmp_path / "manual")
+  written = test_tfds_webvid.write_webvid_manual_dir(manual_dir, lengths=(6, 7, 9, 12, 8, 10))
+  parts = [pipeline.make_builder("webvid", os.fspath(tmp_path / "tfds"), resolution=16,
+                                 manual_dir=manual_dir, part=(i, 2)) for i in range(2)]
+  assert [p.info.config_name for p in parts] == ["16px_8fps_part0of2", "16px_8fps_part1of2"]
+  ids = [[ex["video_id"].decode() for ex in records.decoded(p, "train")] for p in parts]
+  assert all(ids) and sorted(ids[0] + ids[1]) == sorted(written)
+  skipped = [sum(p.info.metadata["skipped"]["train"].values()) for p in parts]
+  assert sum(skipped) == 4  # corrupt, missing, too short, repeated: each counted once
+  clips = [ex for p in parts for ex in records.decoded(p, "train")]
+  iterator = _iterator(parts, global_batch_size=4, num_reference_frames=1)
+  seen = {int(i) for _ in range(2) for i in next(iterator)["clip_index"]}
+  assert seen == set(range(len(clips)))
+  with pytest.raises(ValueError, match="only webvid is built in parts"):
+    pipeline.make_builder("synthetic_shapes", os.fspath(tmp_path), resolution=8, part=(0, 2))

@@ -14,7 +14,8 @@ from artv_jax.data import precompute
 from artv_jax.data import synthetic_shapes
 from artv_jax.data import tfds_synthetic
 from artv_jax.data import word_tokenizer
-from artv_jax.train import tokenize
+from artv_jax.build import tokenize
+from tests.data import records
 from tests.data import test_tfds_webvid
 
 RESOLUTION = 8
@@ -97,17 +98,16 @@ def encoded(command, out):
 
 
 def _encode_each_clip(model, source):
-  """{source TFDS id: (moments [T, h, w, 2C], text states [S, L, D] of its S prompts)}."""
+  """{source id: (moments [T, h, w, 2C], text states [S, L, D] of its S prompts)}."""
   result = {}
   for split in source.info.splits:
-    ds = source.as_dataset(split=split, read_config=tfds.ReadConfig(add_tfds_id=True))
-    for clip in tfds.as_numpy(ds):
+    for source_id, clip in _records(source, split).items():
       images = jnp.asarray(clip["frames"], jnp.float32) / 127.5 - 1.0
       posterior = model.vae.apply({"params": model.params["vae"]}, images, method="encode")
       moments = np.concatenate([posterior.mean, posterior.logvar], axis=-1)
       ids = tokenize(model.tokenizer, clip["prompts"] if "prompts" in clip else [clip["caption"]])
       text = model.text_encoder.apply({"params": model.params["text_encoder"]}, ids)
-      result[clip["tfds_id"]] = (moments, np.asarray(text))
+      result[source_id] = (moments, np.asarray(text))
   return result
 
 
@@ -116,16 +116,20 @@ def expected(model, source):
   return _encode_each_clip(model, source)
 
 
+def _records(builder, split):
+  """{"{split}[{index}]": example} of a split, decoded, in record order."""
+  return {f"{split}[{i}]": ex for i, ex in enumerate(records.decoded(builder, split))}
+
+
 def _examples(builder):
   """{split: {source id: example}}, decoded."""
-  return {split: {ex["source_id"]: ex for ex in tfds.as_numpy(builder.as_dataset(split=split))}
+  return {split: {ex["source_id"].decode(): ex for ex in _records(builder, split).values()}
           for split in builder.info.splits}
 
 
 def test_same_splits_and_clips_as_the_source(encoded, source):
-  sources = {split: {ex["tfds_id"]: ex["caption"] for ex in tfds.as_numpy(source.as_dataset(
-      split=split, read_config=tfds.ReadConfig(add_tfds_id=True)))}
-      for split in source.info.splits}
+  sources = {split: {i: ex["caption"] for i, ex in _records(source, split).items()}
+             for split in source.info.splits}
   examples = _examples(encoded)
   assert set(examples) == {"train", "heldout"}
   for split, clips in examples.items():
@@ -163,16 +167,16 @@ def test_metadata_records_the_vae_scaling(encoded, model, sd, source):
 
 def _iterator(builder, **overrides):
   kwargs = dict(global_batch_size=4, num_reference_frames=K, min_stride=1, max_stride=3,
-                shuffle_buffer_size=8, seed=0, process_index=0, process_count=1)
+                seed=0, process_index=0, process_count=1)
   return pipeline.make_train_iterator(builder, **{**kwargs, **overrides})
 
 
 def _check_pairing(batch, encoded, expected):
   """Each tuple holds the stored encoding of its clip's target, reference, anchor frames."""
-  source_ids = {ex["tfds_id"]: ex["source_id"] for ex in tfds.as_numpy(encoded.as_dataset(
-      split="train", read_config=tfds.ReadConfig(add_tfds_id=True)))}
-  for i, clip_id in enumerate(batch["clip_id"]):
-    moments, text = expected[source_ids[clip_id]]
+  clips = list(_records(encoded, "train").values())
+  for i, clip_index in enumerate(batch["clip_index"]):
+    clip = clips[clip_index]
+    moments, text = expected[clip["source_id"].decode()]
     target, stride = batch["target_index"][i], batch["stride"][i]
     np.testing.assert_array_equal(batch["ref_indices"][i], target - stride * np.arange(1, K + 1))
     tol = dict(rtol=1e-5, atol=1e-5)
@@ -180,14 +184,9 @@ def _check_pairing(batch, encoded, expected):
     np.testing.assert_allclose(batch["refs_moments"][i], moments[batch["ref_indices"][i]], **tol)
     np.testing.assert_allclose(batch["anchor_moments"][i], moments[batch["anchor_index"][i]],
                                **tol)
-    starts = [0] if len(text) == 1 else _source_starts(encoded, source_ids[clip_id])
+    starts = clip["prompt_starts"]
     segment = np.searchsorted(starts, target, side="right") - 1
     np.testing.assert_allclose(batch["text_states"][i], text[segment], **tol)
-
-
-def _source_starts(encoded, source_id):
-  return next(ex["prompt_starts"] for ex in tfds.as_numpy(encoded.as_dataset(split="train"))
-              if ex["source_id"] == source_id)
 
 
 def test_pipeline_yields_paired_latent_tuples(encoded, expected):

@@ -6,6 +6,7 @@ import tensorflow_datasets as tfds
 
 from artv_jax.data import synthetic_shapes
 from artv_jax.data import tfds_synthetic
+from tests.data import records
 
 TINY = tfds_synthetic.SyntheticShapesConfig(
     name="tiny", height=16, width=24, num_frames=10, num_train=30, num_heldout=12,
@@ -22,7 +23,7 @@ def builder(tmp_path_factory):
 
 
 def _examples(builder, split):
-  return list(tfds.as_numpy(builder.as_dataset(split=split)))
+  return records.decoded(builder, split)
 
 
 def test_splits_and_shapes(builder):

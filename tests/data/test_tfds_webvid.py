@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from artv_jax.data import synthetic_shapes
 from artv_jax.data import tfds_webvid
 from artv_jax.data import video_io
+from tests.data import records
 
 TINY = tfds_webvid.WebvidConfig(name="tiny", height=16, width=16, max_frames=12,
                                 fps=None)
@@ -65,7 +66,7 @@ def built(tmp_path_factory):
 def test_readable_videos_become_examples(built):
   builder, written, _ = built
   examples = {ex["video_id"].decode(): ex
-              for ex in tfds.as_numpy(builder.as_dataset(split="train"))}
+              for ex in records.decoded(builder, "train")}
   assert set(examples) == set(written)
   for video_id, frames in written.items():
     example = examples[video_id]
@@ -100,7 +101,7 @@ def test_path_caption_csv_with_validation_split(tmp_path):
   config = tfds_webvid.WebvidConfig(name="tiny_8fps", height=16, width=16, fps=4.0)
   builder = build(tmp_path / "tfds", os.fspath(manual_dir), config)
   assert set(builder.info.splits) == {"train", "validation"}
-  example = next(iter(tfds.as_numpy(builder.as_dataset(split="validation"))))
+  example = records.decoded(builder, "validation")[0]
   assert example["caption"] == b"a test clip" and example["video_id"] == b"clips/a.mp4"
   assert example["frames"].shape == (3, 16, 16, 3)  # 6 frames at 8 fps -> 3 at 4 fps.
   assert example["fps"] == 4.0
@@ -120,3 +121,12 @@ def test_unknown_csv_columns_are_named(tmp_path):
     f.write("url,text\nx.mp4,hello\n")
   with pytest.raises(ValueError, match="columns"):
     build(tmp_path / "tfds", os.fspath(tmp_path / "manual"))
+
+
+def test_a_split_without_a_usable_video_is_named(tmp_path):
+  manual_dir = tmp_path / "manual"
+  os.makedirs(manual_dir)
+  with open(manual_dir / "train.csv", "w", newline="") as f:
+    csv.writer(f).writerows([["path", "caption"], ["gone.mp4", "a missing video"]])
+  with pytest.raises(ValueError, match="no usable video in .*train.csv: 1 rows.*missing"):
+    build(tmp_path / "tfds", os.fspath(manual_dir))

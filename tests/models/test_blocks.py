@@ -1,6 +1,5 @@
 """Parity of the shared building blocks with diffusers' PyTorch layers."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

@@ -1,8 +1,9 @@
-"""Conv2D's im2col lowering against the native ``lax.conv_general_dilated``."""
+"""Conv2D against ``torch.nn.functional.conv2d``."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from artv_jax.models.conv import Conv2D, conv2d
 
@@ -23,40 +24,30 @@ def _operands(kernel_size: int, seed: int = 0):
   return jnp.asarray(x), jnp.asarray(kernel)
 
 
-def _native(x, kernel, strides, padding):
-  if isinstance(padding, int):
-    padding = ((padding, padding), (padding, padding))
-  return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _torch_conv(x, kernel, strides, padding) -> np.ndarray:
+  """The same convolution in PyTorch (NCHW, OIHW), padded explicitly: [B, H', W', C_out]."""
+  (top, bottom), (left, right) = ((padding,) * 2,) * 2 if isinstance(padding, int) else padding
+  x = torch.nn.functional.pad(torch.from_numpy(np.array(x).transpose(0, 3, 1, 2)),
+                              (left, right, top, bottom))
+  weight = torch.from_numpy(np.asarray(kernel).transpose(3, 2, 0, 1).copy())
+  return torch.nn.functional.conv2d(x, weight, stride=strides).numpy().transpose(0, 2, 3, 1)
 
 
 @pytest.mark.parametrize("kernel_size,strides,padding", CASES)
-def test_im2col_matches_lax_conv(kernel_size, strides, padding):
+def test_conv2d_matches_torch(kernel_size, strides, padding):
   x, kernel = _operands(kernel_size)
-  np.testing.assert_allclose(conv2d(x, kernel, strides, padding, im2col=True),
-                             _native(x, kernel, strides, padding), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(conv2d(x, kernel, strides, padding),
+                             _torch_conv(x, kernel, strides, padding), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kernel_size,strides,padding", CASES)
-def test_im2col_gradients_match_lax_conv(kernel_size, strides, padding):
-  x, kernel = _operands(kernel_size)
-  # A nonlinear loss, so the output cotangent differs from element to element.
-  grads = lambda conv: jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), (0, 1))(x, kernel)
-  ours = grads(lambda x, k: conv2d(x, k, strides, padding, im2col=True))
-  ref = grads(lambda x, k: _native(x, k, strides, padding))
-  for name, a, b in zip(("input", "kernel"), ours, ref):
-    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5, err_msg=f"gradient w.r.t. {name}")
-
-
-def test_conv2d_module_lowerings_agree_and_share_parameters():
+def test_conv2d_module_has_torch_parameter_names_and_adds_the_bias():
   x, _ = _operands(3)
   module = Conv2D(7, 3, strides=2, padding=1)
   params = module.init(jax.random.key(0), x)["params"]
   assert jax.tree.map(jnp.shape, params) == {"kernel": (3, 3, 5, 7), "bias": (7,)}
-  params = {"kernel": params["kernel"], "bias": jnp.arange(7.0)}
-  im2col, native = (module.clone(im2col=im2col).apply({"params": params}, x)
-                    for im2col in (True, False))
-  np.testing.assert_allclose(im2col, native, atol=1e-5, rtol=1e-5)
+  bias = jnp.arange(7.0)
+  out = module.apply({"params": {"kernel": params["kernel"], "bias": bias}}, x)
+  np.testing.assert_allclose(out, conv2d(x, params["kernel"], 2, 1) + bias, atol=1e-6)
 
 
 def test_conv2d_rejects_non_square_kernel():

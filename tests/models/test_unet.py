@@ -123,6 +123,18 @@ def test_down_block_residuals_match_diffusers_intrablock_residuals(sd1):
   assert not np.allclose(want, _run_torch(torch_model, sample, timesteps, context), atol=1e-2)
 
 
+def test_xla_lowerings_match_diffusers(sd1):
+  # The tests above run the backend's default lowerings; these are the other backends'.
+  torch_model, model, params = sd1
+  sample, timesteps, context = _inputs(SD1_STYLE)
+  model = model.clone(attention="xla", dense="xla")
+
+  want = _run_torch(torch_model, sample, timesteps, context)
+  got = jax.jit(model.apply)({"params": params}, sample, timesteps, context)
+
+  _assert_close(np.asarray(got), want)
+
+
 def test_added_time_embedding_matches_diffusers_identity_class_embedding(sd1):
   # diffusers' class_embed_type="identity" adds class_labels to the time embedding after its
   # MLP, with no parameters of its own: the same place as our hook.

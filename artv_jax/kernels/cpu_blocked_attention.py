@@ -1,23 +1,13 @@
-"""Scaled dot-product attention, the core of every attention layer here, lowered per backend.
+"""Scaled dot-product attention for XLA:CPU: a query block at a time, hand-written gradient.
 
-``implementation`` picks the lowering (``config.model.attention``):
-- 'xla': ``jax.nn.dot_product_attention`` as plain XLA ops (softmax of the whole [T, S]
-  weights);
-- 'cudnn': the same call with cuDNN's fused flash-attention kernel (GPU; bf16/fp16 inputs,
-  head width a multiple of 8 up to 128); other shapes and dtypes take 'xla';
-- 'cpu_blocked': the form below, for XLA:CPU;
-- 'auto': the backend's default (:data:`AUTO`): the blocked form on CPU, where it was
-  measured fastest (README, "Speed"); XLA's ops elsewhere, until benchmarks/accelerator.py
-  has measured cuDNN against them on a GPU.
-
-The CPU form exists because ``jax.nn.dot_product_attention`` is slow to differentiate on
-XLA:CPU: its softmax makes several passes over the [B, N, T, S] weights, and autodiff produces
-products contracting the major axis of those weights, which XLA:CPU's fast matmul (YNNPACK)
-does not take. :func:`_attention` does the same math with a hand-written gradient whose
-products all have the layout the fast matmul takes, normalises the softmax on the [T, D]
-output instead of the [T, S] weights, and goes through the queries a block at a time (a loop
-XLA keeps rolled), so the weights of one block stay in cache and the backward pass recomputes
-them from q and k instead of reading them back, as flash attention does.
+``jax.nn.dot_product_attention`` is slow to differentiate on XLA:CPU: its softmax makes
+several passes over the [B, N, T, S] weights, and autodiff produces products contracting the
+major axis of those weights, which XLA:CPU's fast matmul (YNNPACK) does not take.
+:func:`blocked_attention` does the same math with a hand-written gradient whose products all
+have the layout the fast matmul takes, normalises the softmax on the [T, D] output instead of
+the [T, S] weights, and goes through the queries a block at a time (a loop XLA keeps rolled),
+so the weights of one block stay in cache and the backward pass recomputes them from q and k
+instead of reading them back, as flash attention does.
 """
 import functools
 
@@ -30,49 +20,16 @@ import numpy as np
 BLOCK_BYTES = 4 * 2**20
 
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "cpu_blocked")
-# What 'auto' means on each backend (module docstring).
-AUTO = {"cpu": "cpu_blocked", "gpu": "xla", "tpu": "xla"}
-
-
-def resolve_implementation(implementation: str, backend: str) -> str:
-  """The lowering ``implementation`` stands for on ``backend`` ('auto' resolved); raises a
-  ValueError naming the field for an unknown name or cuDNN off a GPU."""
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"config.model.attention '{implementation}' is not one of "
-                     f"{IMPLEMENTATIONS}.")
-  if implementation == "auto":
-    return AUTO.get(backend, "xla")
-  if implementation == "cudnn" and backend != "gpu":
-    raise ValueError(f"config.model.attention 'cudnn' needs a GPU; this run's backend is "
-                     f"'{backend}' (use 'auto').")
-  return implementation
-
-
-def cudnn_supports(query: jax.Array, key: jax.Array) -> bool:
-  """Whether cuDNN's fused attention takes these inputs ([B, T, N, D] and [B, S, N, D])."""
-  width = query.shape[-1]
-  return (query.dtype in (jnp.bfloat16, jnp.float16) and key.dtype == query.dtype
-          and width % 8 == 0 and width <= 128)
-
-
-def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                          implementation: str = "auto") -> jax.Array:
-  """softmax(q k^T / sqrt(D)) v, per head, without masking.
+def blocked_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(D)) v, per head, without masking, computed in float32.
 
   Args:
     query: [B, T, N, D].
     key, value: [B, S, N, D].
-    implementation: 'auto', 'xla', 'cudnn' or 'cpu_blocked' (module docstring).
 
   Returns:
-    [B, T, N, D] in query's dtype. 'cpu_blocked' computes in float32 whatever the inputs.
+    [B, T, N, D] in query's dtype.
   """
-  implementation = resolve_implementation(implementation, jax.default_backend())
-  if implementation == "cudnn" and not cudnn_supports(query, key):
-    implementation = "xla"
-  if implementation != "cpu_blocked":
-    return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
   batch, tokens, heads, _ = query.shape
   heads_first = lambda x: jnp.swapaxes(x.astype(jnp.float32), 1, 2)  # [B, N, T, D]
   scale = np.float32(1 / np.sqrt(query.shape[-1]))
@@ -103,8 +60,8 @@ def _merge_queries(x: jax.Array) -> jax.Array:
 
 def _row_reduce(x: jax.Array, combine) -> jax.Array:
   """Reduces the last axis (keeping it, of size 1) by halving it while it is long, combining
-  the two halves elementwise: XLA:CPU lowers a long row reduction to a reduce-window that ran
-  4x slower (max) and 2x slower (sum) than this in the attention step."""
+  the two halves elementwise: XLA:CPU lowers a long row reduction to a reduce-window that is
+  slower than these elementwise halvings."""
   while x.shape[-1] > 8 and x.shape[-1] % 2 == 0:
     half = x.shape[-1] // 2
     x = combine(x[..., :half], x[..., half:])
